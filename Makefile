@@ -1,0 +1,32 @@
+# The few commands a newcomer needs. Everything installs into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build the suite is tested against (a CUDA build; it also runs on CPUs).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev
+OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+
+.PHONY: venv test lint clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+
+# Triton-interpreter tests run in a process of their own: TRITON_INTERPRET must be set before triton
+# is imported. pytest's exit code 5 means the selection was empty.
+test: lint
+	$(OFFLINE) $(BIN)/python -m pytest -m "not triton" -p no:cacheprovider
+	$(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m triton -p no:cacheprovider; \
+		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,51 @@
+"""Parity fixtures: numbers produced by an original implementation, kept as data in tests/fixtures/.
+
+A fixture is one safetensors file. Its metadata holds
+  ``model_name``     the zoo entrypoint that must reproduce it (e.g. ``zoo_van_b0``),
+  ``model_kwargs``   JSON kwargs for that entrypoint (small dims/depths keep the file small),
+  ``wrapper_key``    the key the original checkpoint nests its state dict under ('' for none),
+  ``source``         the original repository and commit, and what was run;
+its tensors are ``input``, ``output`` and the original checkpoint's state dict under ``ckpt.<key>``.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from safetensors import safe_open
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+CKPT_PREFIX = 'ckpt.'
+
+
+@dataclass
+class ParityFixture:
+    model_name: str
+    model_kwargs: Dict[str, Any]
+    wrapper_key: str
+    source: str
+    input: torch.Tensor
+    output: torch.Tensor
+    state_dict: Dict[str, torch.Tensor]
+
+    def save_original_checkpoint(self, path: Path) -> Path:
+        """Write the state dict as the original repository ships it (a torch file, maybe nested)."""
+        torch.save({self.wrapper_key: self.state_dict} if self.wrapper_key else self.state_dict, path)
+        return path
+
+
+def load_parity_fixture(name: str) -> ParityFixture:
+    path = FIXTURES / f'{name}.safetensors'
+    with safe_open(path, framework='pt') as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return ParityFixture(
+        model_name=meta['model_name'],
+        model_kwargs=json.loads(meta.get('model_kwargs', '{}')),
+        wrapper_key=meta.get('wrapper_key', ''),
+        source=meta['source'],
+        input=tensors.pop('input'),
+        output=tensors.pop('output'),
+        state_dict={k[len(CKPT_PREFIX):]: v for k, v in tensors.items() if k.startswith(CKPT_PREFIX)},
+    )
