@@ -1,0 +1,253 @@
+"""timm's model contract, held for every registered zoo model.
+
+Our port of timm's own model checks, parametrized over ``timm.list_models('zoo_*')``: every model a
+later change registers is checked here without further ado. Inputs are small to keep CI fast; every
+variant is built and run.
+"""
+import math
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg, group_parameters, model_entrypoint
+
+import zoo
+
+MODELS = timm.list_models('zoo_*')
+BATCH = 2
+SIZE = 64  # a multiple of every zoo model's largest stride; odd sizes are tested separately
+ODD_SIZE = (97, 131)
+
+
+def create(name, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs)
+
+
+def test_registry():
+    assert len(zoo.list_models('van_*')) >= 7
+    assert len(zoo.list_models('zoo_mambaout_*')) >= 5
+    assert zoo.list_models() == MODELS
+    # The zoo never shadows a timm model: timm's own entrypoints and pretrained tags are intact.
+    for timm_name in ('mambaout_femto', 'davit_tiny', 'maxvit_tiny_tf_224'):
+        assert model_entrypoint(timm_name).__module__.startswith('timm.models.')
+        assert timm.list_pretrained(timm_name + '.*')
+    assert all(not name.startswith('zoo_') for name in timm.list_models(module='timm.models.*'))
+
+
+def input_for(model, size=SIZE, batch=BATCH):
+    cfg = get_pretrained_cfg(model).to_dict() if isinstance(model, str) else model.pretrained_cfg
+    in_chans = cfg['input_size'][0]
+    return torch.randn(batch, in_chans, *((size, size) if isinstance(size, int) else size))
+
+
+def head_width(model):
+    """Width of the pooled pre-logits: num_features, or the head MLP's width where the head has one."""
+    return getattr(model, 'head_hidden_size', None) or model.num_features
+
+
+@pytest.fixture(scope='module', params=MODELS)
+def model(request):
+    """One eval-mode build per variant, shared by the read-only checks."""
+    return create(request.param).eval()
+
+
+@torch.no_grad()
+def test_forward(model):
+    out = model(input_for(model))
+    assert out.shape == (BATCH, model.num_classes)
+    assert torch.isfinite(out).all()
+
+
+def test_default_cfg(model):
+    cfg = model.pretrained_cfg
+    name = cfg['architecture']
+    assert name.startswith('zoo_')
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'num_classes', 'license', 'paper_ids'):
+        assert cfg.get(key) is not None, f'{name}: pretrained cfg lacks {key!r}'
+    assert len(cfg['input_size']) == 3 and len(cfg['mean']) == len(cfg['std']) == cfg['input_size'][0]
+    assert cfg['num_classes'] == model.num_classes
+    assert model.num_features == model.feature_info[-1]['num_chs']
+    # pool_size is the final feature map at the cfg's input size
+    reduction = model.feature_info[-1]['reduction']
+    assert tuple(cfg['pool_size']) == tuple(math.ceil(s / reduction) for s in cfg['input_size'][1:])
+    params = dict(model.named_parameters())
+    first_convs = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
+    for conv in first_convs:
+        assert params[conv + '.weight'].shape[1] == cfg['input_size'][0]
+    classifier = params[cfg['classifier'] + '.weight']
+    assert classifier.shape[0] == model.num_classes
+    assert model.get_classifier() is model.get_submodule(cfg['classifier'])
+
+
+def test_pretrained_tags_name_a_source():
+    for tagged in timm.list_pretrained('zoo_*'):
+        cfg = get_pretrained_cfg(tagged).to_dict()
+        assert cfg.get('hf_hub_id') or cfg.get('url'), f'{tagged} names no weight source'
+        assert cfg['license'] and cfg['paper_ids'] and cfg.get('origin_url'), tagged
+
+
+@torch.no_grad()
+def test_reset_classifier(model):
+    model = create(model.pretrained_cfg['architecture']).eval()
+    x = input_for(model)
+    model.reset_classifier(0)
+    assert model(x).shape == (BATCH, head_width(model))
+    model.reset_classifier(0, '')
+    out = model(x)
+    channel_dim = -1 if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else 1
+    assert out.ndim == 4 and out.shape[channel_dim] == head_width(model)
+    model.reset_classifier(7, 'avg')
+    assert model(x).shape == (BATCH, 7)
+
+
+@torch.no_grad()
+def test_forward_head_pre_logits(model):
+    x = input_for(model)
+    features = model.forward_features(x)
+    pre_logits = model.forward_head(features, pre_logits=True)
+    assert pre_logits.shape == (BATCH, head_width(model))
+    torch.testing.assert_close(model.forward_head(features), model(x))
+
+
+@torch.no_grad()
+def test_forward_intermediates(model):
+    x = input_for(model)
+    final, intermediates = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert len(intermediates) == len(model.feature_info)
+    for feat, info in zip(intermediates, model.feature_info):
+        assert feat.shape == (BATCH, info['num_chs'], SIZE // info['reduction'], SIZE // info['reduction'])
+    only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    assert len(only) == 2
+    torch.testing.assert_close(only[1], intermediates[2])
+
+
+@torch.no_grad()
+def test_prune_intermediate_layers(model):
+    name = model.pretrained_cfg['architecture']
+    x = input_for(model)
+    _, full = model.forward_intermediates(x)
+    pruned = create(name).eval()
+    pruned.prune_intermediate_layers(indices=2, prune_head=True)
+    kept = pruned.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert len(kept) == 2
+    for a, b in zip(kept, full[-2:]):
+        torch.testing.assert_close(a, b)
+
+
+@torch.no_grad()
+def test_features_only(model):
+    name = model.pretrained_cfg['architecture']
+    backbone = create(name, features_only=True).eval()
+    x = input_for(model)
+    features = backbone(x)
+    info = backbone.feature_info
+    assert len(features) == len(info.out_indices) == 4
+    assert info.reduction() == [4, 8, 16, 32]
+    for feat, channels, reduction in zip(features, info.channels(), info.reduction()):
+        assert feat.shape == (BATCH, channels, SIZE // reduction, SIZE // reduction), 'features are NCHW'
+    _, intermediates = model.forward_intermediates(x)
+    for feat, expected in zip(features, intermediates):
+        torch.testing.assert_close(feat, expected)
+
+    subset = create(name, features_only=True, out_indices=(1, 3)).eval()
+    assert subset.feature_info.reduction() == info.reduction()[1::2]
+    for feat, expected in zip(subset(x), features[1::2]):
+        torch.testing.assert_close(feat, expected)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_backward(name):
+    model = create(name, num_classes=42)
+    model.train()
+    out = model(input_for(model))
+    assert out.shape == (BATCH, 42)
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f'parameters without gradient: {missing[:5]}'
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_grad_checkpointing_keeps_outputs_and_gradients(name):
+    x = input_for(name)
+
+    def run(checkpointing):
+        model = create(name, drop_path_rate=0.0).train()
+        model.set_grad_checkpointing(checkpointing)
+        out = model(x)
+        out.sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    out, grads = run(False)
+    out_cp, grads_cp = run(True)
+    torch.testing.assert_close(out_cp, out)
+    assert grads_cp.keys() == grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads_cp[n], grads[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@torch.no_grad()
+def test_odd_input_size(model):
+    """Any size the downstream world sends works, or is refused with a ValueError naming the constraint."""
+    x = input_for(model, ODD_SIZE, batch=1)
+    try:
+        out = model(x)
+    except ValueError as e:
+        assert any(ch.isdigit() for ch in str(e)), f'the error must state the constraint: {e}'
+        return
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+    _, intermediates = model.forward_intermediates(x)
+    for feat, info in zip(intermediates, model.feature_info):
+        expected = tuple(math.ceil(s / info['reduction']) for s in ODD_SIZE)
+        assert tuple(feat.shape[-2:]) == expected
+
+
+@pytest.mark.parametrize('name', MODELS)
+@torch.no_grad()
+def test_in_chans_1(name):
+    model = create(name, in_chans=1).eval()
+    out = model(torch.randn(1, 1, SIZE, SIZE))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+def test_group_matcher_and_no_weight_decay(model):
+    """Layer-wise LR decay needs every parameter in one group, stem first and classifier last."""
+    names = [n for n, _ in model.named_parameters()]
+    cfg = model.pretrained_cfg
+    first_conv = cfg['first_conv'] if isinstance(cfg['first_conv'], str) else cfg['first_conv'][0]
+    for coarse in (True, False):
+        groups = list(group_parameters(model, model.group_matcher(coarse=coarse)).values())
+        grouped = [n for group in groups for n in group]
+        assert sorted(grouped) == sorted(names), 'each parameter in exactly one group'
+        assert len(groups) > 2
+        assert first_conv + '.weight' in groups[0]
+        assert cfg['classifier'] + '.weight' in groups[-1]
+    fine = len(group_parameters(model, model.group_matcher(coarse=False)))
+    assert fine >= len(group_parameters(model, model.group_matcher(coarse=True)))
+    no_wd = model.no_weight_decay()
+    assert isinstance(no_wd, (set, frozenset, list, tuple))
+    for key in no_wd:
+        assert any(n == key or n.startswith(key + '.') or key in n for n in names), f'{key} names no parameter'
+
+
+@torch.no_grad()
+def test_state_dict_round_trip_and_pretrained_file(model, tmp_path):
+    source, name = model, model.pretrained_cfg['architecture']
+    x = input_for(source)
+    expected = source(x)
+    torch.manual_seed(1)
+    copy = timm.create_model(name).eval()
+    copy.load_state_dict(source.state_dict())
+    torch.testing.assert_close(copy(x), expected)
+
+    path = tmp_path / 'weights.safetensors'
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    torch.testing.assert_close(loaded(x), expected)
+    features = timm.create_model(
+        name, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    _, intermediates = source.forward_intermediates(x)
+    for feat, ref in zip(features(x), intermediates):
+        torch.testing.assert_close(feat, ref)
