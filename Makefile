@@ -22,11 +22,12 @@ lint: venv
 	$(BIN)/ruff check .
 
 # Triton-interpreter tests run in a process of their own: TRITON_INTERPRET must be set before triton
-# is imported. pytest's exit code 5 means the selection was empty.
+# is imported. They go first so that the main suite's summary closes the output; pytest's exit code 5
+# means the selection was empty.
 test: lint
-	$(OFFLINE) $(BIN)/python -m pytest -m "not triton" -p no:cacheprovider
-	$(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m triton -p no:cacheprovider; \
+	$(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m triton -p no:cacheprovider -q; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(OFFLINE) $(BIN)/python -m pytest -m "not triton" -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
