@@ -188,7 +188,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsNotFoundError(f'Weights file {path} does not exist')
     try:
-        if path.suffix == '.safetensors':
+        if _is_safetensors(path):
             from safetensors.torch import load_file
             checkpoint = load_file(path, device='cpu')
         else:
@@ -208,6 +208,16 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             f'Weights file {path} holds no state dict: expected a dict of tensors, optionally under one of '
             f'{_STATE_DICT_KEYS}, got {type(checkpoint).__name__}')
     return clean_state_dict(checkpoint)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By content, not name: a mirror keeps converted safetensors under the original file's name."""
+    if path.suffix == '.safetensors':
+        return True
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < path.stat().st_size
 
 
 def build_model_with_cfg(
