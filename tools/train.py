@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Train a zoo model from a YAML config in configs/classification/.
+
+Examples::
+
+    python tools/train.py configs/classification/demo_digits.yaml
+    python tools/train.py configs/classification/van_b0_imagenet.yaml --opt data.root=/data/imagenet optim.lr=2e-3
+    python tools/train.py configs/classification/demo_digits.yaml --resume          # continue <output>/last.pth
+    tools/dist_train.sh configs/classification/van_b0_imagenet.yaml 8 --opt data.root=/data/imagenet
+
+The logic lives in :mod:`zoo.training`; this script parses, calls it and reports.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from timm.utils import setup_default_logging
+
+from zoo.training import ConfigError, load_config, train
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # one line, no usage block: the message already names what is wrong and what is allowed
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog='train.py', description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='YAML config (keys of zoo.training.config.TrainConfig)')
+    parser.add_argument('--opt', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
+                        help='override config keys, dotted, values in YAML syntax: optim.lr=0.01 model.kwargs={...}')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                        help='continue a run from a checkpoint (default: <output>/last.pth)')
+    parser.add_argument('--output', help='output folder (config key output)')
+    parser.add_argument('--wandb', action='store_true', help='log to Weights & Biases (config key log.wandb)')
+    parser.add_argument('--wandb-mode', choices=('online', 'offline', 'disabled'),
+                        help='wandb mode (config key log.wandb_mode); default: the WANDB_MODE environment variable')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars (config key log.progress)')
+    parser.add_argument('--stop-after-epoch', type=int, metavar='N',
+                        help='end this run after epoch N with a checkpoint (resume later with --resume)')
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = list(args.opt)
+    if args.output:
+        overrides.append(f'output={args.output}')
+    if args.wandb:
+        overrides.append('log.wandb=true')
+    if args.wandb_mode:
+        overrides.append(f'log.wandb_mode={args.wandb_mode}')
+    if args.no_progress:
+        overrides.append('log.progress=false')
+    setup_default_logging()
+    try:
+        cfg = load_config(args.config, overrides)
+        resume = args.resume
+        if resume == 'auto':
+            resume = str(Path(cfg.output) / 'last.pth')
+        if resume and not Path(resume).is_file():
+            parser.error(f'--resume: checkpoint {resume} does not exist')
+        metrics = train(cfg, resume=resume, stop_after_epoch=args.stop_after_epoch)
+    except ConfigError as e:
+        parser.error(str(e))
+    if metrics:
+        logging.getLogger('train').info(
+            f'done: epoch {metrics["epoch"]}, eval top1 {metrics["eval_top1"]:.2f}%, best {metrics["best_top1"]:.2f}%, '
+            f'checkpoints in {cfg.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
