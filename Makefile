@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,train
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: venv test lint clean demo bench
+.PHONY: venv test lint clean demo bench bench-kernels aot
 
 $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ demo: venv
 # The zoo-wide table at 224 on the CPU, each zoo model beside timm's own where timm has one.
 bench: venv
 	$(OFFLINE) $(BIN)/python tools/benchmark.py --models 'zoo_*' --resolutions 224 --batch-size 1 --runs 5 --warmup 1
+
+# Every kernel case in configs/benchmarks/kernels/ (the op beside its anchors), forward and forward+backward.
+bench-kernels: venv
+	@for case in configs/benchmarks/kernels/*/*.yaml; do for mode in inference train; do \
+		echo "## $$case ($$mode)"; \
+		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --mode $$mode --runs 5 --warmup 1 || exit 1; \
+	done; done
+
+# Compile every Triton kernel for sm_80 and sm_90 without a GPU: registers, spills, shared memory, wgmma.
+aot: venv
+	$(BIN)/python -m kernels.aot
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

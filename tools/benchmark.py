@@ -8,6 +8,7 @@ Examples::
         --device cuda --dtype bf16 --compile --csv out.csv --md out.md --plot out.png
     python tools/benchmark.py --kernel torch.nn.functional:scaled_dot_product_attention \\
         --anchors mypkg.attn:naive_attention --shape q=2,4,196,32 --shape k=2,4,196,32 --shape v=2,4,196,32 --mode train
+    python tools/benchmark.py --case configs/benchmarks/kernels/window/maxvit_t_stage1_block.yaml --mode train
 
 The logic lives in :mod:`zoo.benchmark`; this script parses, calls it and writes the reports.
 """
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument('--models', nargs='+', metavar='MODEL',
                       help="zoo names or patterns ('zoo_van_*'), timm:<name>, or module.sub:factory")
     what.add_argument('--kernel', metavar='MODULE:FN', help='an op by import path')
+    what.add_argument('--case', metavar='FILE', help='a kernel case: YAML with kernel, anchors and inputs '
+                                                     '(configs/benchmarks/kernels/)')
     parser.add_argument('--anchors', '--anchor', nargs='+', metavar='ANCHOR',
                         help="models or ops measured beside each model/kernel; default for models 'auto' "
                              "(timm's own model for a zoo model that has one), 'none' for no anchors")
@@ -77,13 +80,21 @@ def run(args: argparse.Namespace) -> List[dict]:
     anchors: Optional[List[str]] = args.anchors
     if anchors == ['none']:
         anchors = []
-    if args.kernel:
+    if args.case or args.kernel:
         if args.channels_last or args.model_kwargs or args.plot:
             raise benchmark.BenchmarkError('--channels-last, --model-kwargs and --plot apply to --models only')
-        if args.inputs and args.shape:
-            raise benchmark.BenchmarkError('give kernel inputs with --shape or --inputs, not both')
-        inputs = benchmark.load_input_spec(args.inputs) if args.inputs else dict(map(benchmark.parse_shape, args.shape))
-        return benchmark.benchmark_kernel(args.kernel, inputs, anchors=[] if anchors == ['auto'] else anchors or [],
+        if args.case:
+            if args.shape or args.inputs or args.anchors:
+                raise benchmark.BenchmarkError('a --case file names its own kernel, anchors and inputs; '
+                                               'drop --shape, --inputs and --anchors')
+            kernel, anchors, inputs = benchmark.load_case(args.case)
+        else:
+            if args.inputs and args.shape:
+                raise benchmark.BenchmarkError('give kernel inputs with --shape or --inputs, not both')
+            kernel = args.kernel
+            inputs = (benchmark.load_input_spec(args.inputs) if args.inputs
+                      else dict(map(benchmark.parse_shape, args.shape)))
+        return benchmark.benchmark_kernel(kernel, inputs, anchors=[] if anchors == ['auto'] else anchors or [],
                                           **common)
     if args.shape or args.inputs:
         raise benchmark.BenchmarkError('--shape and --inputs apply to --kernel only')

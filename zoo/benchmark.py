@@ -39,6 +39,7 @@ import zoo
 __all__ = [
     'DTYPES', 'MODES', 'BenchmarkError', 'Stats', 'summarize', 'interleaved_times', 'peak_memory', 'count_flops',
     'resolve_callable', 'create_model', 'default_anchors', 'expand_models', 'parse_shape', 'load_input_spec',
+    'load_case',
     'check_device_dtype', 'benchmark_models', 'benchmark_kernel', 'write_csv', 'write_markdown', 'write_plot',
 ]
 
@@ -277,6 +278,34 @@ def load_input_spec(path: str) -> Dict[str, Any]:
     if not isinstance(spec, dict):
         raise BenchmarkError(f'input spec {path!r} must be a mapping of argument name to shape, tensor or value')
     return {k: dict(shape=v) if isinstance(v, list) else v for k, v in spec.items()}
+
+
+def load_case(path: str) -> Tuple[str, List[str], Dict[str, Any]]:
+    """A kernel benchmark case from YAML: ``kernel`` (import path), optional ``anchors`` (import paths) and
+    ``inputs`` (as :func:`load_input_spec`); returns ``(kernel, anchors, inputs)``. Other keys are refused,
+    except ``description``, free text for the reader."""
+    import yaml
+    try:
+        with open(path) as f:
+            case = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise BenchmarkError(f'cannot read case {path!r}: {e}') from None
+    allowed = {'kernel', 'anchors', 'inputs', 'description'}
+    if not isinstance(case, dict) or not {'kernel', 'inputs'} <= set(case):
+        raise BenchmarkError(f'case {path!r} must be a mapping with keys kernel and inputs (optional: anchors, '
+                             'description)')
+    unknown = sorted(set(case) - allowed)
+    if unknown:
+        raise BenchmarkError(f'case {path!r} has unknown keys {unknown}; allowed: {sorted(allowed)}')
+    anchors = case.get('anchors') or []
+    if isinstance(anchors, str):
+        anchors = [anchors]
+    inputs = case['inputs']
+    if not isinstance(case['kernel'], str) or not all(isinstance(a, str) for a in anchors):
+        raise BenchmarkError(f'case {path!r}: kernel and anchors are import paths like module.sub:function')
+    if not isinstance(inputs, dict):
+        raise BenchmarkError(f'case {path!r}: inputs must be a mapping of argument name to shape, tensor or value')
+    return case['kernel'], list(anchors), {k: dict(shape=v) if isinstance(v, list) else v for k, v in inputs.items()}
 
 
 def _is_tensor_spec(value: Any) -> bool:

@@ -4,6 +4,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib.image
 import pytest
@@ -16,8 +17,10 @@ SDPA = 'torch.nn.functional:scaled_dot_product_attention'
 QKV = ['--shape', 'q=1,2,16,8', '--shape', 'k=1,2,16,8', '--shape', 'v=1,2,16,8']
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
 
 
 @pytest.fixture(scope='module')
@@ -85,6 +88,33 @@ def test_kernel_inputs_file(cli, tmp_path):
     assert (row['name'], row['dtype'], row['inputs']) == (SDPA, 'bf16', 'q=1x2x8x4 k=1x2x8x4 v=1x2x8x4')
 
 
+def test_kernel_case_file(cli, tmp_path):
+    case = tmp_path / 'case.yaml'
+    case.write_text(f'description: tiny attention\nkernel: {SDPA}\n'
+                    'anchors: [tests.tools.test_benchmark:reference_attention]\n'
+                    'inputs: {q: [1, 2, 8, 4], k: [1, 2, 8, 4], v: [1, 2, 8, 4], scale: 0.5}\n')
+    path = tmp_path / 'case.csv'
+    cli.main(['--case', str(case), '--mode', 'train', '--runs', '1', '--csv', str(path)])
+    rows = read_csv(path)
+    assert [(r['name'], r['role'], r['mode']) for r in rows] == [
+        (SDPA, 'kernel', 'train'), ('tests.tools.test_benchmark:reference_attention', 'anchor', 'train')]
+    assert all(r['inputs'] == 'q=1x2x8x4 k=1x2x8x4 v=1x2x8x4' for r in rows)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('kernel: a:b\n', 'must be a mapping with keys kernel and inputs'),
+    ('kernel: a:b\ninputs: {q: [1]}\nruns: 3\n', "unknown keys ['runs']"),
+    ('kernel: [a]\ninputs: {q: [1]}\n', 'kernel and anchors are import paths'),
+    ('kernel: a:b\ninputs: [1, 2]\n', 'inputs must be a mapping'),
+])
+def test_bad_case_file(cli, capsys, tmp_path, text, message):
+    case = tmp_path / 'case.yaml'
+    case.write_text(text)
+    with pytest.raises(SystemExit):
+        cli.main(['--case', str(case)])
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--models', 'zoo_nope'], "unknown model 'zoo_nope'; expected a zoo model"),
     (['--models', 'timm:not_a_timm_model'], "unknown model 'timm:not_a_timm_model'"),
@@ -98,7 +128,9 @@ def test_kernel_inputs_file(cli, tmp_path):
     (['--models', 'zoo_van_b0', '--batch-size', '0'], '--resolutions and --batch-size must be positive'),
     (['--models', 'zoo_van_b0', '--shape', 'q=1,2'], '--shape and --inputs apply to --kernel only'),
     (['--models', 'zoo_van_b0', '--kernel', SDPA], 'not allowed with argument'),
-    ([], 'one of the arguments --models --kernel is required'),
+    ([], 'one of the arguments --models --kernel --case is required'),
+    (['--case', 'nowhere.yaml'], "cannot read case 'nowhere.yaml'"),
+    (['--case', 'c.yaml', '--shape', 'q=1'], 'a --case file names its own kernel, anchors and inputs'),
     (['--kernel', SDPA, '--shape', 'q=1,two'], "bad shape 'q=1,two': expected NAME=D0,D1,...[:DTYPE]"),
     (['--kernel', SDPA, *QKV, '--plot', 'x.png'], '--channels-last, --model-kwargs and --plot apply to --models'),
     (['--kernel', 'torch.nn.functional:nope', *QKV], "module 'torch.nn.functional' has no attribute 'nope'"),
