@@ -233,4 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # `python -m kernels.aot` runs this file as __main__, while the op modules register into the imported
+    # kernels.aot: run that module's main so both see one registry
+    from kernels import aot as _registry_module
+    sys.exit(_registry_module.main())

@@ -1,0 +1,403 @@
+"""Fused window attention in Triton: keys read by index arithmetic from (B, heads, H, W, D), online softmax.
+
+One program per (window, batch * head, query block) in the forward pass. A token of window (wi, wj) with
+in-window coordinates (a, b) lives at
+
+    y = wi * WIN_STRIDE_Y + a * TOK_STRIDE_Y,    x = wj * WIN_STRIDE_X + b * TOK_STRIDE_X
+
+(block windows: win stride = window, token stride 1; grid windows: win stride 1, token stride = H_pad / wh),
+so no partition copy is made and tokens with y >= H or x >= W (the padding) are masked: padded keys leave
+the softmax, padded queries are neither read nor written. The relative position bias is gathered from the
+(heads, 2wh-1, 2ww-1) table inside the kernels. Softmax statistics (log-sum-exp, base 2) are the only extra
+tensor the backward pass keeps; it recomputes the probabilities.
+
+Backward: ``_bwd_dq_kernel`` (per window and query block: delta = rowsum(dO * O), then dq over the key
+blocks) runs first, ``_bwd_dkdv_kernel`` (per window chunk and key block: dk, dv over the query blocks)
+second. The bias gradient is deterministic: each dk/dv program owns a chunk of windows and accumulates its
+dS tiles in a private (N, N) slot of a fp32 buffer (one slot per (batch, chunk, head)), which is summed and
+scattered onto the table with fixed-order PyTorch reductions.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import aot
+from ..backend import triton_interpreted
+from .reference import padded_size
+
+__all__ = ['window_attention']
+
+_LOG2E = 1.4426950408889634
+# dS partial slots per (batch, head) for the bias gradient: bounds its buffer to this many (N, N) tiles
+_BIAS_GRAD_CHUNKS = 8
+
+
+@triton.jit
+def _token_coords(offs, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X):
+    a = offs // ww
+    b = offs % ww
+    return a, b, wi * WIN_STRIDE_Y + a * TOK_STRIDE_Y, wj * WIN_STRIDE_X + b * TOK_STRIDE_X
+
+
+@triton.jit
+def _bias_tile(bias_ptr, h, qa, qb, ka, kb, valid, wh, ww):
+    """table[h, ka - qa + wh - 1, kb - qb + ww - 1] for a (queries, keys) tile, fp32."""
+    vocab_w = 2 * ww - 1
+    idx = (ka[None, :] - qa[:, None] + wh - 1) * vocab_w + (kb[None, :] - qb[:, None] + ww - 1)
+    return tl.load(bias_ptr + h * (2 * wh - 1) * vocab_w + idx, mask=valid, other=0.0)
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, OUT, LSE, BIAS,
+                sqb, sqh, sqy, sqx, skb, skh, sky, skx, svb, svh, svy, svx, sob, soh, soy, sox,
+                heads, H, W, wh, ww, n_win_w, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X,
+                head_dim, head_dim_v, scale,
+                HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                HEAD_DIM_V: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid_w = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    wi = pid_w // n_win_w
+    wj = pid_w % n_win_w
+    n_tok = wh * ww
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qa, qb, qy, qx = _token_coords(offs_m, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X)
+    q_valid = (offs_m < n_tok) & (qy < H) & (qx < W)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    d_valid = offs_d < head_dim
+    dv_valid = offs_dv < head_dim_v
+
+    q = tl.load(Q + b * sqb + h * sqh + qy[:, None] * sqy + qx[:, None] * sqx + offs_d[None, :],
+                mask=q_valid[:, None] & d_valid[None, :], other=0.0)
+    qk_scale = scale * 1.4426950408889634  # softmax in base 2
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a block whose keys are all masked leaves no NaN
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
+    for start_n in range(0, n_tok, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        ka, kb, ky, kx = _token_coords(offs_n, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X)
+        k_valid = (offs_n < n_tok) & (ky < H) & (kx < W)
+        k = tl.load(K + b * skb + h * skh + ky[:, None] * sky + kx[:, None] * skx + offs_d[None, :],
+                    mask=k_valid[:, None] & d_valid[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_BIAS:
+            tile_valid = (offs_m < n_tok)[:, None] & (offs_n < n_tok)[None, :]
+            s += _bias_tile(BIAS, h, qa, qb, ka, kb, tile_valid, wh, ww) * 1.4426950408889634
+        s = tl.where(k_valid[None, :], s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * svb + h * svh + ky[:, None] * svy + kx[:, None] * svx + offs_dv[None, :],
+                    mask=k_valid[:, None] & dv_valid[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    l_i = tl.where(q_valid, l_i, 1.0)
+    out = acc / l_i[:, None]
+    tl.store(OUT + b * sob + h * soh + qy[:, None] * soy + qx[:, None] * sox + offs_dv[None, :],
+             out.to(OUT.dtype.element_ty), mask=q_valid[:, None] & dv_valid[None, :])
+    tl.store(LSE + pid_bh * H * W + qy * W + qx, m_i + tl.log2(l_i), mask=q_valid)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, OUT, DO, DQ, LSE, DELTA, BIAS,
+                   sqb, sqh, sqy, sqx, skb, skh, sky, skx, svb, svh, svy, svx, sob, soh, soy, sox,
+                   sdob, sdoh, sdoy, sdox, sdqb, sdqh, sdqy, sdqx,
+                   heads, H, W, wh, ww, n_win_w, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X,
+                   head_dim, head_dim_v, scale,
+                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   HEAD_DIM_V: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dq for one query block of one window; also writes delta = rowsum(dO * O) for the dk/dv kernel."""
+    pid_w = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    wi = pid_w // n_win_w
+    wj = pid_w % n_win_w
+    n_tok = wh * ww
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qa, qb, qy, qx = _token_coords(offs_m, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X)
+    q_valid = (offs_m < n_tok) & (qy < H) & (qx < W)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    d_valid = offs_d < head_dim
+    dv_valid = offs_dv < head_dim_v
+    qmask = q_valid[:, None] & d_valid[None, :]
+    qvmask = q_valid[:, None] & dv_valid[None, :]
+
+    q = tl.load(Q + b * sqb + h * sqh + qy[:, None] * sqy + qx[:, None] * sqx + offs_d[None, :],
+                mask=qmask, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + qy[:, None] * sdoy + qx[:, None] * sdox + offs_dv[None, :],
+                 mask=qvmask, other=0.0)
+    o = tl.load(OUT + b * sob + h * soh + qy[:, None] * soy + qx[:, None] * sox + offs_dv[None, :],
+                mask=qvmask, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    stat = pid_bh * H * W + qy * W + qx
+    tl.store(DELTA + stat, delta, mask=q_valid)
+    lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
+    qk_scale = scale * 1.4426950408889634
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_tok, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        ka, kb, ky, kx = _token_coords(offs_n, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X)
+        k_valid = (offs_n < n_tok) & (ky < H) & (kx < W)
+        k = tl.load(K + b * skb + h * skh + ky[:, None] * sky + kx[:, None] * skx + offs_d[None, :],
+                    mask=k_valid[:, None] & d_valid[None, :], other=0.0)
+        v = tl.load(V + b * svb + h * svh + ky[:, None] * svy + kx[:, None] * svx + offs_dv[None, :],
+                    mask=k_valid[:, None] & dv_valid[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_BIAS:
+            tile_valid = (offs_m < n_tok)[:, None] & (offs_n < n_tok)[None, :]
+            s += _bias_tile(BIAS, h, qa, qb, ka, kb, tile_valid, wh, ww) * 1.4426950408889634
+        valid = q_valid[:, None] & k_valid[None, :]
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    tl.store(DQ + b * sdqb + h * sdqh + qy[:, None] * sdqy + qx[:, None] * sdqx + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, BIAS, DBIAS,
+                     sqb, sqh, sqy, sqx, skb, skh, sky, skx, svb, svh, svy, svx,
+                     sdob, sdoh, sdoy, sdox, sdkb, sdkh, sdky, sdkx, sdvb, sdvh, sdvy, sdvx,
+                     heads, H, W, wh, ww, n_win, n_win_w, windows_per_program,
+                     WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X, head_dim, head_dim_v, scale,
+                     HAS_BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dk, dv for one key block of each window of a chunk; dS summed over the chunk into its DBIAS slot."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    n_tok = wh * ww
+    n_chunks = tl.num_programs(0)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    d_valid = offs_d < head_dim
+    dv_valid = offs_dv < head_dim_v
+    qk_scale = scale * 1.4426950408889634
+    dbias_slot = DBIAS + ((b * n_chunks + pid_c) * heads + h) * n_tok * n_tok
+
+    for w in range(pid_c * windows_per_program, tl.minimum(n_win, (pid_c + 1) * windows_per_program)):
+        wi = w // n_win_w
+        wj = w % n_win_w
+        ka, kb, ky, kx = _token_coords(offs_n, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y, TOK_STRIDE_X)
+        k_valid = (offs_n < n_tok) & (ky < H) & (kx < W)
+        kmask = k_valid[:, None] & d_valid[None, :]
+        kvmask = k_valid[:, None] & dv_valid[None, :]
+        k = tl.load(K + b * skb + h * skh + ky[:, None] * sky + kx[:, None] * skx + offs_d[None, :],
+                    mask=kmask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + ky[:, None] * svy + kx[:, None] * svx + offs_dv[None, :],
+                    mask=kvmask, other=0.0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM_V], tl.float32)
+        for start_m in range(0, n_tok, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            qa, qb, qy, qx = _token_coords(offs_m, ww, wi, wj, WIN_STRIDE_Y, WIN_STRIDE_X, TOK_STRIDE_Y,
+                                           TOK_STRIDE_X)
+            q_valid = (offs_m < n_tok) & (qy < H) & (qx < W)
+            q = tl.load(Q + b * sqb + h * sqh + qy[:, None] * sqy + qx[:, None] * sqx + offs_d[None, :],
+                        mask=q_valid[:, None] & d_valid[None, :], other=0.0)
+            do = tl.load(DO + b * sdob + h * sdoh + qy[:, None] * sdoy + qx[:, None] * sdox + offs_dv[None, :],
+                         mask=q_valid[:, None] & dv_valid[None, :], other=0.0)
+            stat = pid_bh * H * W + qy * W + qx
+            lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
+            delta = tl.load(DELTA + stat, mask=q_valid, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            tile_valid = (offs_m < n_tok)[:, None] & (offs_n < n_tok)[None, :]
+            if HAS_BIAS:
+                s += _bias_tile(BIAS, h, qa, qb, ka, kb, tile_valid, wh, ww) * 1.4426950408889634
+            valid = q_valid[:, None] & k_valid[None, :]
+            p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+            if BIAS_GRAD:
+                # only this program touches its slot, each element always from the same thread: deterministic
+                tl.atomic_add(dbias_slot + offs_m[:, None] * n_tok + offs_n[None, :], ds, mask=tile_valid,
+                              sem='relaxed')
+        tl.store(DK + b * sdkb + h * sdkh + ky[:, None] * sdky + kx[:, None] * sdkx + offs_d[None, :],
+                 (dk * scale).to(DK.dtype.element_ty), mask=kmask)
+        tl.store(DV + b * sdvb + h * sdvh + ky[:, None] * sdvy + kx[:, None] * sdvx + offs_dv[None, :],
+                 dv.to(DV.dtype.element_ty), mask=kvmask)
+
+
+def _block(n_tok: int) -> int:
+    return 16 if n_tok <= 16 else 32 if n_tok <= 32 else 64
+
+
+def _head_dim(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow torch's own matmul setting: full precision unless the user allowed TF32
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return 'ieee'
+    return 'tf32'
+
+
+def _geometry(H: int, W: int, window_size: Tuple[int, int], grid: bool) -> Tuple[int, int, int, int, int, int]:
+    """(windows along H, windows along W, window stride y, x, token stride y, x) in map coordinates."""
+    wh, ww = window_size
+    sh, sw = padded_size(H, wh) // wh, padded_size(W, ww) // ww
+    if grid:  # window (i, j) holds (a * sh + i, b * sw + j): sh x sw windows
+        return sh, sw, 1, 1, sh, sw
+    return sh, sw, wh, ww, 1, 1
+
+
+def _strides(t: torch.Tensor) -> Tuple[int, int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _relative_index_transpose(dbias: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
+    """(heads, N, N) gradient of the gathered bias -> (heads, 2wh-1, 2ww-1) gradient of the table.
+
+    The transpose of the gather as two one-hot contractions (fixed-order reductions, hence deterministic,
+    unlike index_add/scatter_add on CUDA)."""
+    wh, ww = window_size
+    heads = dbias.shape[0]
+    dev = dbias.device
+
+    def one_hot(n: int) -> torch.Tensor:  # [query, key, key - query + n - 1]
+        i = torch.arange(n, device=dev)
+        return torch.nn.functional.one_hot(i[None, :] - i[:, None] + n - 1, 2 * n - 1).to(dbias.dtype)
+
+    dbias = dbias.view(heads, wh, ww, wh, ww)  # (h, qa, qb, ka, kb)
+    return torch.einsum('hapbq,abu,pqv->huv', dbias, one_hot(wh), one_hot(ww))
+
+
+class _WindowAttention(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: Optional[torch.Tensor],
+                window_size: Tuple[int, int], grid: bool, scale: float) -> torch.Tensor:
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        B, heads, H, W, D = q.shape
+        Dv = v.shape[-1]
+        wh, ww = window_size
+        n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, window_size, grid)
+        n_tok = wh * ww
+        block = _block(n_tok)
+        bias = table.detach().float().contiguous() if table is not None else q.new_empty(1, dtype=torch.float32)
+        out = q.new_empty(B, heads, H, W, Dv)
+        lse = torch.empty(B * heads, H, W, device=q.device, dtype=torch.float32)
+        launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, block))
+        _fwd_kernel[launch](
+            q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale,
+            HAS_BIAS=table is not None, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=_head_dim(D),
+            HEAD_DIM_V=_head_dim(Dv), DOT_PRECISION=_dot_precision(q.dtype), num_warps=4, num_stages=2)
+        ctx.save_for_backward(q, k, v, out, lse, bias)
+        ctx.has_bias = table is not None
+        ctx.table_dtype = table.dtype if table is not None else None
+        ctx.window_size, ctx.grid, ctx.scale = window_size, grid, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, do: torch.Tensor):
+        q, k, v, out, lse, bias = ctx.saved_tensors
+        do = _last_dim_contiguous(do)
+        B, heads, H, W, D = q.shape
+        Dv = v.shape[-1]
+        wh, ww = ctx.window_size
+        n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, ctx.window_size, ctx.grid)
+        n_win, n_tok = n_win_h * n_win_w, wh * ww
+        block = _block(n_tok)
+        consts = dict(HAS_BIAS=ctx.has_bias, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=_head_dim(D),
+                      HEAD_DIM_V=_head_dim(Dv), DOT_PRECISION=_dot_precision(q.dtype), num_warps=4, num_stages=2)
+        geometry = (heads, H, W, wh, ww)
+        coords = (wsy, wsx, tsy, tsx)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        delta = torch.empty_like(lse)
+        _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, block))](
+            q, k, v, out, do, dq, lse, delta, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, ctx.scale, **consts)
+
+        bias_grad = ctx.has_bias and ctx.needs_input_grad[3]
+        n_chunks = min(n_win, _BIAS_GRAD_CHUNKS) if bias_grad else n_win
+        per_program = math.ceil(n_win / n_chunks)
+        n_chunks = math.ceil(n_win / per_program)
+        dbias = (torch.zeros(B, n_chunks, heads, n_tok, n_tok, device=q.device, dtype=torch.float32)
+                 if bias_grad else bias)
+        _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, block))](
+            q, k, v, do, dk, dv, lse, delta, bias, dbias, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            *_strides(dk), *_strides(dv), *geometry, n_win, n_win_w, per_program, *coords, D, Dv, ctx.scale,
+            BIAS_GRAD=bias_grad, **consts)
+        dtable = None
+        if bias_grad:
+            dtable = _relative_index_transpose(dbias.sum((0, 1)), ctx.window_size).to(ctx.table_dtype)
+        return dq, dk, dv, dtable, None, None, None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tuple[int, int], grid: bool,
+                     rel_pos_bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """Arguments already validated by :func:`kernels.window.window_attention`; window_size is (wh, ww)."""
+    return _WindowAttention.apply(q, k, v, rel_pos_bias, window_size, grid, scale)
+
+
+def _register() -> None:
+    ptr, i32 = '*{dtype}', 'i32'
+    f32p, c = '*fp32', 'constexpr'
+
+    def strides(*names: str) -> dict:
+        return {f's{n}{d}': i32 for n in names for d in 'bhyx'}
+
+    geometry = {a: i32 for a in ('heads', 'H', 'W', 'wh', 'ww')}
+    coords = {a: i32 for a in ('WIN_STRIDE_Y', 'WIN_STRIDE_X', 'TOK_STRIDE_Y', 'TOK_STRIDE_X')}
+    tail = {'head_dim': i32, 'head_dim_v': i32, 'scale': 'fp32'}
+    consts = {a: c for a in ('HAS_BIAS', 'BLOCK_M', 'BLOCK_N', 'HEAD_DIM', 'HEAD_DIM_V', 'DOT_PRECISION')}
+    signatures = {
+        'fwd': (_fwd_kernel, {'Q': ptr, 'K': ptr, 'V': ptr, 'OUT': ptr, 'LSE': f32p, 'BIAS': f32p,
+                              **strides('q', 'k', 'v', 'o'), **geometry, 'n_win_w': i32, **coords, **tail, **consts}),
+        'bwd_dq': (_bwd_dq_kernel, {'Q': ptr, 'K': ptr, 'V': ptr, 'OUT': ptr, 'DO': ptr, 'DQ': ptr, 'LSE': f32p,
+                                    'DELTA': f32p, 'BIAS': f32p, **strides('q', 'k', 'v', 'o', 'do', 'dq'),
+                                    **geometry, 'n_win_w': i32, **coords, **tail, **consts}),
+        'bwd_dkdv': (_bwd_dkdv_kernel, {'Q': ptr, 'K': ptr, 'V': ptr, 'DO': ptr, 'DK': ptr, 'DV': ptr, 'LSE': f32p,
+                                        'DELTA': f32p, 'BIAS': f32p, 'DBIAS': f32p,
+                                        **strides('q', 'k', 'v', 'do', 'dk', 'dv'), **geometry, 'n_win': i32,
+                                        'n_win_w': i32, 'windows_per_program': i32, **coords, **tail,
+                                        'HAS_BIAS': c, 'BIAS_GRAD': c, **{a: c for a in consts if a != 'HAS_BIAS'}}),
+    }
+    # (block, head dim, bias): MaxViT/DaViT windows of 7x7 (block 64) at head dims 32 and 64, HiLo's 2x2 windows
+    # (block 16) and head dim 16 (24 runs in the head-dim-32 build, padded in registers)
+    shapes = [(64, 32, True), (64, 64, True), (16, 32, False), (64, 16, False)]
+    for name, (fn, signature) in signatures.items():
+        for dtypes, precision in ((('fp16', 'bf16'), 'tf32'), (('fp32',), 'ieee')):
+            configs = []
+            for block, head_dim, has_bias in shapes:
+                constexprs = dict(HAS_BIAS=has_bias, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim,
+                                  HEAD_DIM_V=head_dim, DOT_PRECISION=precision)
+                if name == 'bwd_dkdv':
+                    constexprs['BIAS_GRAD'] = has_bias
+                configs.append(aot.Config({a: constexprs[a] for a in signature if signature[a] == c},
+                                          num_warps=4, num_stages=2))
+            suffix = '_fp32' if dtypes == ('fp32',) else ''
+            aot.register(f'window.{name}{suffix}', fn, signature, configs, dtypes=dtypes)
+
+
+# under TRITON_INTERPRET=1 @triton.jit gives interpreter functions, which cannot be compiled for a GPU
+if not triton_interpreted():
+    _register()
