@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,train
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: venv test lint clean demo bench bench-kernels aot
+.PHONY: venv test lint clean demo bench bench-kernels bench-kernels-gpu aot
 
 $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,19 @@ demo: venv
 bench: venv
 	$(OFFLINE) $(BIN)/python tools/benchmark.py --models 'zoo_*' --resolutions 224 --batch-size 1 --runs 5 --warmup 1
 
-# Every kernel case in configs/benchmarks/kernels/ (the op beside its anchors), forward and forward+backward.
+# Every CPU kernel case in configs/benchmarks/kernels/ (the op beside its anchors) in the modes the case lists;
+# bench-kernels-gpu runs the cases marked `device: cuda` (the Triton kernels) on a CUDA machine.
 bench-kernels: venv
-	@for case in configs/benchmarks/kernels/*/*.yaml; do for mode in inference train; do \
-		echo "## $$case ($$mode)"; \
-		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --mode $$mode --runs 5 --warmup 1 || exit 1; \
-	done; done
+	@for case in configs/benchmarks/kernels/*/*.yaml; do \
+		grep -q '^device: cuda' $$case && continue; echo "## $$case"; \
+		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --runs 5 --warmup 1 || exit 1; \
+	done
+
+bench-kernels-gpu: venv
+	@for case in configs/benchmarks/kernels/*/*.yaml; do \
+		grep -q '^device: cuda' $$case || continue; echo "## $$case"; \
+		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --runs 10 --warmup 3 || exit 1; \
+	done
 
 # Compile every Triton kernel for sm_80 and sm_90 without a GPU: registers, spills, shared memory, wgmma.
 aot: venv

@@ -102,6 +102,9 @@ def register(name: str, fn: Callable, signature: Mapping[str, str], configs: Seq
     (``'*{dtype}'``). Every ``constexpr`` parameter needs a value in each config's ``constexprs``.
     Registering the same name again replaces the entry (a module reloaded in a test).
     """
+    from .backend import triton_interpreted
+    if triton_interpreted():
+        return  # under TRITON_INTERPRET=1 kernels are interpreter functions; nothing is compiled then
     jit_fn = _unwrap(fn)
     params = list(jit_fn.arg_names)
     if list(signature) != params:
@@ -152,7 +155,10 @@ def _tool(name: str) -> str:
 
 
 def _resource_usage(cubin: bytes) -> Tuple[int, int, int]:
-    """(registers, local memory bytes per thread, static shared bytes) of the single kernel in a cubin."""
+    """(registers, stack + local bytes per thread, static shared bytes) of the single kernel in a cubin.
+
+    Register spills land in the stack frame (ptxas -v: "N bytes stack frame, M bytes spill stores"); Triton
+    kernels keep no local arrays, so a non-zero stack or local size means spilled registers."""
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(cubin)
         f.flush()
@@ -161,8 +167,8 @@ def _resource_usage(cubin: bytes) -> Tuple[int, int, int]:
     match = re.search(r'REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)', out)
     if match is None:
         raise RuntimeError(f'cannot read resource usage from cuobjdump output: {out!r}')
-    regs, _stack, shared, local = map(int, match.groups())
-    return regs, local, shared
+    regs, stack, shared, local = map(int, match.groups())
+    return regs, stack + local, shared
 
 
 def compile_kernel(kernel: Kernel, arch: int, dtype: str, config: Config) -> BuildReport:
@@ -177,12 +183,12 @@ def compile_kernel(kernel: Kernel, arch: int, dtype: str, config: Config) -> Bui
         src = ASTSource(kernel.fn, signature=signature, constexprs=dict(config.constexprs))
         compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
                            options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
-        regs, local, _static_shared = _resource_usage(compiled.asm['cubin'])
+        regs, spilled, _static_shared = _resource_usage(compiled.asm['cubin'])
     except Exception as e:  # the report names the failing build; the exit status carries it
         report.error = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
         return report
     report.registers = regs
-    report.spill_bytes = local  # local memory per thread is what register spills use; 0 when none
+    report.spill_bytes = spilled
     report.shared_bytes = int(compiled.metadata.shared)  # Triton's dynamic shared memory, what a launch asks for
     report.wgmma = 'wgmma' in compiled.asm['ptx'] if arch >= 90 else None
     return report

@@ -60,14 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--resolutions', nargs='+', type=int, default=[224], metavar='PX')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--dtype', default='fp32', choices=list(benchmark.DTYPES))
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default=None, help='cpu (default), cuda or cuda:<index>; a --case file may name '
+                                                      'its own')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                         help='torch.compile with this backend (default inductor); compilation runs in warmup')
     parser.add_argument('--runs', type=int, default=10, help='timed runs per candidate (median reported)')
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--mode', default='inference', choices=benchmark.MODES,
-                        help='inference, or train: forward + backward without an optimizer')
+    parser.add_argument('--mode', default=None, choices=benchmark.MODES,
+                        help='inference (default), or train: forward + backward without an optimizer; a --case file '
+                             'runs the modes it lists unless this is given')
     parser.add_argument('--csv', metavar='FILE')
     parser.add_argument('--md', metavar='FILE')
     parser.add_argument('--plot', metavar='FILE', help='PNG of throughput and memory against resolution')
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> List[dict]:
-    common = dict(dtype=args.dtype, device=args.device, mode=args.mode, compile=args.compile, runs=args.runs,
-                  warmup=args.warmup)
+    common = dict(dtype=args.dtype, compile=args.compile, runs=args.runs, warmup=args.warmup)
+    mode, device = args.mode or 'inference', args.device or 'cpu'
     anchors: Optional[List[str]] = args.anchors
     if anchors == ['none']:
         anchors = []
@@ -87,22 +89,25 @@ def run(args: argparse.Namespace) -> List[dict]:
             if args.shape or args.inputs or args.anchors:
                 raise benchmark.BenchmarkError('a --case file names its own kernel, anchors and inputs; '
                                                'drop --shape, --inputs and --anchors')
-            kernel, anchors, inputs = benchmark.load_case(args.case)
-        else:
-            if args.inputs and args.shape:
-                raise benchmark.BenchmarkError('give kernel inputs with --shape or --inputs, not both')
-            kernel = args.kernel
-            inputs = (benchmark.load_input_spec(args.inputs) if args.inputs
-                      else dict(map(benchmark.parse_shape, args.shape)))
-        return benchmark.benchmark_kernel(kernel, inputs, anchors=[] if anchors == ['auto'] else anchors or [],
-                                          **common)
+            case = benchmark.load_case(args.case)
+            return [row for case_mode in ([args.mode] if args.mode else case.modes)
+                    for row in benchmark.benchmark_kernel(case.kernel, case.inputs, anchors=case.anchors,
+                                                          mode=case_mode, device=args.device or case.device,
+                                                          **common)]
+        if args.inputs and args.shape:
+            raise benchmark.BenchmarkError('give kernel inputs with --shape or --inputs, not both')
+        inputs = (benchmark.load_input_spec(args.inputs) if args.inputs
+                  else dict(map(benchmark.parse_shape, args.shape)))
+        return benchmark.benchmark_kernel(args.kernel, inputs, anchors=[] if anchors == ['auto'] else anchors or [],
+                                          mode=mode, device=device, **common)
     if args.shape or args.inputs:
         raise benchmark.BenchmarkError('--shape and --inputs apply to --kernel only')
     if any(r < 1 for r in args.resolutions) or args.batch_size < 1:
         raise benchmark.BenchmarkError('--resolutions and --batch-size must be positive integers')
     return benchmark.benchmark_models(
         args.models, anchors=None if anchors in (None, ['auto']) else anchors, resolutions=args.resolutions,
-        batch_size=args.batch_size, channels_last=args.channels_last, model_kwargs=args.model_kwargs, **common)
+        batch_size=args.batch_size, channels_last=args.channels_last, model_kwargs=args.model_kwargs, mode=mode,
+        device=device, **common)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -39,7 +39,7 @@ import zoo
 __all__ = [
     'DTYPES', 'MODES', 'BenchmarkError', 'Stats', 'summarize', 'interleaved_times', 'peak_memory', 'count_flops',
     'resolve_callable', 'create_model', 'default_anchors', 'expand_models', 'parse_shape', 'load_input_spec',
-    'load_case',
+    'KernelCase', 'load_case',
     'check_device_dtype', 'benchmark_models', 'benchmark_kernel', 'write_csv', 'write_markdown', 'write_plot',
 ]
 
@@ -280,20 +280,31 @@ def load_input_spec(path: str) -> Dict[str, Any]:
     return {k: dict(shape=v) if isinstance(v, list) else v for k, v in spec.items()}
 
 
-def load_case(path: str) -> Tuple[str, List[str], Dict[str, Any]]:
-    """A kernel benchmark case from YAML: ``kernel`` (import path), optional ``anchors`` (import paths) and
-    ``inputs`` (as :func:`load_input_spec`); returns ``(kernel, anchors, inputs)``. Other keys are refused,
-    except ``description``, free text for the reader."""
+@dataclass
+class KernelCase:
+    """A kernel benchmark case: the candidate, its anchors, the inputs, and the modes and device it is for."""
+    kernel: str
+    anchors: List[str]
+    inputs: Dict[str, Any]
+    modes: List[str]
+    device: str
+
+
+def load_case(path: str) -> KernelCase:
+    """A kernel benchmark case from YAML: ``kernel`` (import path), optional ``anchors`` (import paths),
+    ``inputs`` (as :func:`load_input_spec`), ``modes`` (default both: inference and train; a case whose
+    anchor is impractical in train mode lists ``[inference]``), ``device`` (default cpu; ``cuda`` for the
+    Triton cases) and ``description`` (free text for the reader). Other keys are refused."""
     import yaml
     try:
         with open(path) as f:
             case = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
         raise BenchmarkError(f'cannot read case {path!r}: {e}') from None
-    allowed = {'kernel', 'anchors', 'inputs', 'description'}
+    allowed = {'kernel', 'anchors', 'inputs', 'modes', 'device', 'description'}
     if not isinstance(case, dict) or not {'kernel', 'inputs'} <= set(case):
         raise BenchmarkError(f'case {path!r} must be a mapping with keys kernel and inputs (optional: anchors, '
-                             'description)')
+                             'modes, device, description)')
     unknown = sorted(set(case) - allowed)
     if unknown:
         raise BenchmarkError(f'case {path!r} has unknown keys {unknown}; allowed: {sorted(allowed)}')
@@ -305,7 +316,16 @@ def load_case(path: str) -> Tuple[str, List[str], Dict[str, Any]]:
         raise BenchmarkError(f'case {path!r}: kernel and anchors are import paths like module.sub:function')
     if not isinstance(inputs, dict):
         raise BenchmarkError(f'case {path!r}: inputs must be a mapping of argument name to shape, tensor or value')
-    return case['kernel'], list(anchors), {k: dict(shape=v) if isinstance(v, list) else v for k, v in inputs.items()}
+    modes = case.get('modes', list(MODES))
+    if isinstance(modes, str):
+        modes = [modes]
+    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
+        raise BenchmarkError(f'case {path!r}: modes must be a non-empty list of {", ".join(MODES)}, got {modes!r}')
+    device = case.get('device', 'cpu')
+    if device not in ('cpu', 'cuda'):
+        raise BenchmarkError(f'case {path!r}: device must be cpu or cuda, got {device!r}')
+    return KernelCase(case['kernel'], list(anchors), {k: dict(shape=v) if isinstance(v, list) else v
+                                                      for k, v in inputs.items()}, modes, device)
 
 
 def _is_tensor_spec(value: Any) -> bool:

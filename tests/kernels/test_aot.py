@@ -20,6 +20,16 @@ def _tile_product(a_ptr, c_ptr, BLOCK: tl.constexpr):
     tl.store(c_ptr + rows[:, None] * BLOCK + rows[None, :], tl.dot(tile, tile))
 
 
+@triton.jit
+def _register_hog(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    # a whole BLOCK-long vector live in one warp's registers: far more than 255 per thread, so ptxas spills
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    y = tl.exp(x) * tl.sum(x * x, 0) + tl.sum(tl.exp(x), 0)
+    tl.store(y_ptr + offs, y)
+    tl.store(y_ptr + BLOCK - 1 - offs, x * y)
+
+
 _SIG = {'x_ptr': '*{dtype}', 'y_ptr': '*{dtype}', 'n': 'i32', 'scale': 'fp32', 'BLOCK': 'constexpr'}
 
 
@@ -62,6 +72,14 @@ def test_sm90_dot_uses_wgmma_and_shared_memory_is_reported(registry):
     assert sm90.shared_bytes > 0
 
 
+def test_register_spills_are_detected(registry):
+    aot.register('t.hog', _register_hog, {'x_ptr': '*{dtype}', 'y_ptr': '*{dtype}', 'BLOCK': 'constexpr'},
+                 [aot.Config({'BLOCK': 8192}, num_warps=1)], dtypes=('fp32',))
+    report = aot.compile_kernel(registry['t.hog'], 80, 'fp32', registry['t.hog'].configs[0])
+    assert report.error is None and report.spill_bytes > 0 and not report.ok
+    assert 'bytes of register spills' in aot.format_report([report])
+
+
 def test_report_flags_problems():
     spilled = aot.BuildReport('k', 80, 'fp32', 'B=1', registers=255, spill_bytes=64, shared_bytes=0)
     too_big = aot.BuildReport('k', 80, 'fp32', 'B=1', registers=64, spill_bytes=0, shared_bytes=200 * 1024)
@@ -77,3 +95,14 @@ def test_failed_build_is_reported_not_raised(registry):
     aot.register('t.copy', _scaled_copy, _SIG, [aot.Config({'BLOCK': 100})], dtypes=('fp32',))  # not a power of 2
     report = aot.compile_kernel(registry['t.copy'], 80, 'fp32', registry['t.copy'].configs[0])
     assert not report.ok and report.error
+
+
+@pytest.mark.slow
+def test_every_project_kernel_builds_without_spills(capsys):
+    """`python -m kernels.aot`: every registered kernel, dtype and config for sm_80 and sm_90."""
+    status = aot.main([])
+    out = capsys.readouterr()
+    assert status == 0, out.out + out.err
+    built = {line.split()[0].split('.')[0] for line in out.out.splitlines()[2:-1]}
+    assert {'window'} <= built, built
+    assert out.out.splitlines()[-1].endswith(' 0 with problems')

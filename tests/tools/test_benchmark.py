@@ -94,11 +94,18 @@ def test_kernel_case_file(cli, tmp_path):
                     'anchors: [tests.tools.test_benchmark:reference_attention]\n'
                     'inputs: {q: [1, 2, 8, 4], k: [1, 2, 8, 4], v: [1, 2, 8, 4], scale: 0.5}\n')
     path = tmp_path / 'case.csv'
-    cli.main(['--case', str(case), '--mode', 'train', '--runs', '1', '--csv', str(path)])
+    cli.main(['--case', str(case), '--runs', '1', '--csv', str(path)])
     rows = read_csv(path)
+    ref = 'tests.tools.test_benchmark:reference_attention'
     assert [(r['name'], r['role'], r['mode']) for r in rows] == [
-        (SDPA, 'kernel', 'train'), ('tests.tools.test_benchmark:reference_attention', 'anchor', 'train')]
-    assert all(r['inputs'] == 'q=1x2x8x4 k=1x2x8x4 v=1x2x8x4' for r in rows)
+        (SDPA, 'kernel', 'inference'), (ref, 'anchor', 'inference'),
+        (SDPA, 'kernel', 'train'), (ref, 'anchor', 'train')]
+    assert all(r['inputs'] == 'q=1x2x8x4 k=1x2x8x4 v=1x2x8x4' and r['device'] == 'cpu' for r in rows)
+    case.write_text(case.read_text() + 'modes: [inference]\n')
+    cli.main(['--case', str(case), '--runs', '1', '--csv', str(path)])
+    assert [r['mode'] for r in read_csv(path)] == ['inference', 'inference']
+    cli.main(['--case', str(case), '--mode', 'train', '--runs', '1', '--csv', str(path)])  # the flag wins
+    assert [r['mode'] for r in read_csv(path)] == ['train', 'train']
 
 
 @pytest.mark.parametrize('text, message', [
@@ -106,6 +113,8 @@ def test_kernel_case_file(cli, tmp_path):
     ('kernel: a:b\ninputs: {q: [1]}\nruns: 3\n', "unknown keys ['runs']"),
     ('kernel: [a]\ninputs: {q: [1]}\n', 'kernel and anchors are import paths'),
     ('kernel: a:b\ninputs: [1, 2]\n', 'inputs must be a mapping'),
+    ('kernel: a:b\ninputs: {q: [1]}\nmodes: [eval]\n', 'modes must be a non-empty list of inference, train'),
+    ('kernel: a:b\ninputs: {q: [1]}\ndevice: tpu\n', 'device must be cpu or cuda'),
 ])
 def test_bad_case_file(cli, capsys, tmp_path, text, message):
     case = tmp_path / 'case.yaml'
@@ -152,3 +161,17 @@ def test_script_runs_from_the_shell():
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("benchmark.py: error: unknown model 'zoo_van_b9'")
+
+
+@pytest.mark.parametrize('case', sorted((ROOT / 'configs' / 'benchmarks' / 'kernels').glob('*/*.yaml')),
+                         ids=lambda p: f'{p.parent.name}/{p.stem}')
+def test_shipped_kernel_cases_resolve(case, monkeypatch):
+    """Every case `make bench-kernels` runs names importable callables and tensor inputs (tools/ on the path,
+    as when tools/benchmark.py runs)."""
+    from zoo import benchmark
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))
+    spec = benchmark.load_case(str(case))
+    for path in [spec.kernel, *spec.anchors]:
+        assert callable(benchmark.resolve_callable(path))
+    assert any('shape' in v for v in spec.inputs.values() if isinstance(v, dict))
+    assert (spec.device == 'cuda') == case.stem.endswith('_triton')
