@@ -251,3 +251,16 @@ def test_reports(tmp_path):
     benchmark.write_plot(rows, tmp_path / 'out.png')
     image = matplotlib.image.imread(tmp_path / 'out.png')
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_kernel_rows_carry_achieved_bandwidth():
+    shape = dict(shape=[2, 2, 16, 8])  # q, k, v and the output: 4 x 512 floats
+    tensor_bytes = 2 * 2 * 16 * 8 * 4
+    for mode, traffic in (('inference', 4 * tensor_bytes), ('train', (3 + 2 + 3) * tensor_bytes)):
+        (row,) = benchmark.benchmark_kernel('torch.nn.functional:scaled_dot_product_attention',
+                                            dict(q=shape, k=shape, v=shape), mode=mode, runs=2, warmup=0)
+        assert row['gbps'] * 1e9 * row['latency_ms_median'] / 1e3 == pytest.approx(traffic)
+        assert row['bandwidth_pct'] is None  # no card to compare against on the CPU
+    table = benchmark.markdown_table([row])
+    assert '| GB/s | % peak BW |' in table and 'compulsory traffic' in table
+    assert benchmark.peak_bandwidth_gbps(torch.device('cpu')) is None

@@ -39,7 +39,7 @@ import zoo
 __all__ = [
     'DTYPES', 'MODES', 'BenchmarkError', 'Stats', 'summarize', 'interleaved_times', 'peak_memory', 'count_flops',
     'resolve_callable', 'create_model', 'default_anchors', 'expand_models', 'parse_shape', 'load_input_spec',
-    'KernelCase', 'load_case',
+    'KernelCase', 'load_case', 'min_traffic_bytes', 'peak_bandwidth_gbps',
     'check_device_dtype', 'benchmark_models', 'benchmark_kernel', 'write_csv', 'write_markdown', 'write_plot',
 ]
 
@@ -392,6 +392,31 @@ class _Candidate:
     params: Optional[int]
 
 
+def _tensor_bytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, torch.Tensor))
+
+
+def min_traffic_bytes(fn: Callable, tensors: Sequence[torch.Tensor], kwargs: Dict[str, Any], mode: str) -> int:
+    """The compulsory memory traffic of one call: every input read and every output written once; in train
+    mode also the output gradient read and every input gradient written. Achieved GB/s against it says how
+    close a bandwidth-bound kernel comes to the memory system's limit."""
+    with torch.no_grad():
+        out_bytes = _tensor_bytes(fn(*tensors, **kwargs))
+    in_bytes = _tensor_bytes(list(tensors))
+    if mode == 'inference':
+        return in_bytes + out_bytes
+    return in_bytes + 2 * out_bytes + _tensor_bytes([t for t in tensors if t.requires_grad])
+
+
+def peak_bandwidth_gbps(device: torch.device) -> Optional[float]:
+    """A CUDA card's theoretical DRAM bandwidth, GB/s (double data rate x memory clock x bus width); None on CPU."""
+    if device.type != 'cuda':
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(props, 'memory_clock_rate', 0), getattr(props, 'memory_bus_width', 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise BenchmarkError(f'unknown mode {mode!r}; allowed: {", ".join(MODES)}')
@@ -421,8 +446,12 @@ def _measure(
             params_m=None if c.params is None else c.params / 1e6,
             gflops=None if flops is None else flops / c.items / 1e9,
         ))
+    peak_gbps = peak_bandwidth_gbps(device)
     for row in rows:
         row['rel_throughput'] = row['throughput'] / rows[0]['throughput']
+        if extra.get('traffic_bytes') is not None:
+            row['gbps'] = extra['traffic_bytes'] / (row['latency_ms_median'] / 1e3) / 1e9
+            row['bandwidth_pct'] = None if peak_gbps is None else 100 * row['gbps'] / peak_gbps
     return rows
 
 
@@ -516,7 +545,7 @@ def benchmark_kernel(
             _kernel_step(fn, tensors, kwargs, mode), 1, None))
     shapes = ' '.join(f'{n}={"x".join(map(str, v["shape"]))}' for n, v in inputs.items() if _is_tensor_spec(v))
     extra = dict(kind='kernel', mode=mode, dtype=dtype, channels_last=False, resolution=None, batch_size=None,
-                 inputs=shapes)
+                 inputs=shapes, traffic_bytes=min_traffic_bytes(resolve_callable(kernel), tensors, kwargs, mode))
     return _measure(kernel, candidates, dev, runs, warmup, timer, compile, extra, 'calls/s')
 
 
@@ -538,7 +567,10 @@ def describe(rows: Sequence[Dict[str, Any]]) -> List[str]:
         f'excluded), from {first["mem_method"]}',
         'GFLOPs: matmul/conv/attention FLOPs from torch.utils.flop_counter.FlopCounterMode (2 per multiply-add), '
         'per image for models, per call for kernels; n/a where it counted none',
-    ]
+    ] + ([
+        'GB/s: the compulsory traffic of one call (inputs read and outputs written once; in train mode also the '
+        'output gradient read and input gradients written) over the median latency; % peak BW: against the '
+        "card's theoretical DRAM bandwidth (CUDA only)"] if first['kind'] == 'kernel' else [])
 
 
 def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
@@ -558,16 +590,18 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
     unit = rows[0]['unit']
     per = 'img' if unit == 'img/s' else 'call'
     lines = [f'- {line}' for line in describe(rows)] + ['']
+    kernel = rows[0]['kind'] == 'kernel'
     lines.append(f'| name | role | input | {unit} | vs first | ms median [IQR] | ms min-max | peak step alloc MiB '
-                 f'| params M | GFLOPs/{per} |')
-    lines.append('|---|---|---|---:|---:|---:|---:|---:|---:|---:|')
+                 f'| params M | GFLOPs/{per} |' + (' GB/s | % peak BW |' if kernel else ''))
+    lines.append('|---|---|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if kernel else ''))
     for r in rows:
         shape = r['inputs'] if r['kind'] == 'kernel' else f'{r["batch_size"]}x{r["resolution"]}²'
         lines.append(
             f'| {r["name"]} | {r["role"]} | {shape} | {_fmt(r["throughput"], 1)} | {r["rel_throughput"]:.2f} '
             f'| {_fmt(r["latency_ms_median"])} [{_fmt(r["latency_ms_q1"])}, {_fmt(r["latency_ms_q3"])}] '
             f'| {_fmt(r["latency_ms_min"])}-{_fmt(r["latency_ms_max"])} | {_fmt(r[MEM_COLUMN], 1)} '
-            f'| {_fmt(r["params_m"])} | {_fmt(r["gflops"], 3)} |')
+            f'| {_fmt(r["params_m"])} | {_fmt(r["gflops"], 3)} |'
+            + (f' {_fmt(r.get("gbps"), 2)} | {_fmt(r.get("bandwidth_pct"), 1)} |' if kernel else ''))
     return '\n'.join(lines) + '\n'
 
 
