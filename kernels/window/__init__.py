@@ -12,7 +12,8 @@ __all__ = ['window_attention']
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TRITON_MAX_HEAD_DIM = 128
+# kernels.window.triton.MAX_HEAD_DIM: the largest head dim its kernels compile for without register spills
+_TRITON_MAX_HEAD_DIM = 64
 _TRITON_MAX_BATCH_HEADS = 65535
 
 
@@ -81,8 +82,9 @@ def _triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tupl
         raise TypeError(f'the triton backend of window_attention runs float16, bfloat16 and float32, got q '
                         f'{q.dtype}; use the cpu or reference backend (kernels.use_backend) for {q.dtype}')
     if max(q.shape[-1], v.shape[-1]) > _TRITON_MAX_HEAD_DIM:
-        raise ValueError(f'the triton backend of window_attention takes head dims up to {_TRITON_MAX_HEAD_DIM}, '
-                         f'got q {_shape(q)}, v {_shape(v)}')
+        raise ValueError(f'the triton backend of window_attention takes head dims (D and Dv) up to '
+                         f'{_TRITON_MAX_HEAD_DIM} (larger tiles spill registers), got q {_shape(q)}, v {_shape(v)}; '
+                         f'use the cpu or reference backend (kernels.use_backend) for larger head dims')
     if q.shape[0] * q.shape[1] > _TRITON_MAX_BATCH_HEADS:
         raise ValueError(f'the triton backend of window_attention takes B * heads up to {_TRITON_MAX_BATCH_HEADS} '
                          f'(a CUDA grid axis), got q {_shape(q)}')
@@ -117,8 +119,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_s
     Returns:
         (B, heads, H, W, Dv) in q's dtype.
 
-    dtypes: float16, bfloat16, float32 on GPU (Triton, fp32 softmax statistics); float32 and float64 on the CPU
-    paths (float16/bfloat16 run there too). Forward and backward on every backend.
+    dtypes: float16, bfloat16, float32 on GPU (Triton, fp32 softmax statistics; float32 dots run on tf32 tensor
+    cores, fp16-like precision); float32 and float64 on the CPU paths (float16/bfloat16 run there too). Forward and
+    backward on every backend. Head dims: up to 64 on Triton, any on the CPU paths.
 
     Complexity: O(B * heads * Hp * Wp * wh * ww * (D + Dv)) time for the padded map (Hp, Wp); the cpu path spends
     no FLOP on padded tokens, Triton neither loads nor stores them (masked lanes). Memory kept for backward

@@ -16,6 +16,18 @@ blocks) runs first, ``_bwd_dkdv_kernel`` (per window chunk and key block: dk, dv
 second. The bias gradient is deterministic: each dk/dv program owns a chunk of windows and accumulates its
 dS tiles in a private (N, N) slot of a fp32 buffer (one slot per (batch, chunk, head)), which is summed and
 scattered onto the table with fixed-order PyTorch reductions.
+
+Launch configs: :func:`_config` maps (kernel, window block, padded head dim, bias flags) to the tiles, warps and
+stages, and is the one place that defines them: the launcher calls it and ``_register`` hands every config it can
+return to :mod:`kernels.aot`, which proves them spill-free on sm_80 and sm_90. 64-token windows use 64-query
+tiles with 8 warps and narrower key tiles (the sm_90 fp16/bf16 builds keep wgmma); the dk/dv kernel's key tile
+shrinks with the head dim. Head dims are padded to a power of two >= 16, D and Dv to the same one (the kernels
+mask the padding); 64 is the largest the kernels take without spilling (:data:`MAX_HEAD_DIM`).
+
+Precision: dots accumulate in fp32. fp32 inputs use tf32 tensor cores on GPUs (as kernels.neighborhood does:
+IEEE fp32 dots need more registers than a block has, ptxas spills), so fp32 results carry tf32's 10-bit
+mantissa, i.e. fp16-like errors (about 1e-3 relative; the tests allow 4e-3 on GPUs, as for fp16). Under
+TRITON_INTERPRET=1 fp32 dots run in IEEE precision (tests compare them to 2e-5).
 """
 import math
 from typing import Optional, Tuple
@@ -33,6 +45,10 @@ __all__ = ['window_attention']
 _LOG2E = 1.4426950408889634
 # dS partial slots per (batch, head) for the bias gradient: bounds its buffer to this many (N, N) tiles
 _BIAS_GRAD_CHUNKS = 8
+# largest (padded) head dim with spill-free configs; kernels.window checks it before importing this module
+MAX_HEAD_DIM = 64
+_BLOCKS = (16, 32, 64)
+_HEAD_DIMS = (16, 32, 64)
 
 
 @triton.jit
@@ -241,18 +257,52 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, BIAS, DBIAS,
 
 
 def _block(n_tok: int) -> int:
+    """Window block: the power of two (16, 32 or 64) that tiles a window of n_tok tokens."""
     return 16 if n_tok <= 16 else 32 if n_tok <= 32 else 64
 
 
-def _head_dim(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+def _head_dim(d: int, dv: int) -> int:
+    """HEAD_DIM = HEAD_DIM_V: max(D, Dv) padded to a power of two >= 16 (in registers, masked)."""
+    padded = max(16, triton.next_power_of_2(max(d, dv)))
+    if padded > MAX_HEAD_DIM:
+        raise ValueError(f'the triton backend of window_attention takes head dims up to {MAX_HEAD_DIM}, got D={d}, '
+                         f'Dv={dv}')
+    return padded
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs follow torch's own matmul setting: full precision unless the user allowed TF32
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return 'ieee'
-    return 'tf32'
+    # fp32: tf32 tensor cores on GPUs; IEEE only under the interpreter (exact parity in tests), as neighborhood
+    return 'ieee' if dtype == torch.float32 and triton_interpreted() else 'tf32'
+
+
+def _config(kernel: str, block: int, head_dim: int, has_bias: bool, bias_grad: bool = False,
+            precision: str = 'tf32') -> aot.Config:
+    """The launch config of ``kernel`` ('fwd', 'bwd_dq', 'bwd_dkdv') for a window block and padded head dim.
+
+    The one definition: the launcher uses it and ``_register`` registers every value it takes. Chosen from the
+    offline report (``python -m kernels.aot --only window``): spill-free on sm_80 and sm_90 in fp32/fp16/bf16.
+    """
+    if block <= 32:  # one tile per window
+        block_m = block_n = block
+        num_warps = 8 if kernel == 'bwd_dkdv' and block == 32 else 4
+        if kernel == 'bwd_dq' and block == 16 and head_dim == 64:
+            num_warps = 2  # 4 or 8 warps leave ptxas an 8-byte stack frame on sm_80
+    elif kernel == 'fwd':
+        block_m, block_n, num_warps = 64, 32, 8
+    elif kernel == 'bwd_dq':
+        block_m, block_n, num_warps = 64, 32 if head_dim <= 32 else 16, 8
+    else:  # bwd_dkdv: key tile (BLOCK_N) x query tile (BLOCK_M); 64 keys keep wgmma on sm_90 up to head dim 32
+        block_m, block_n, num_warps = (16, 64, 8) if head_dim <= 32 else (32, 32, 8)
+    constexprs = dict(HAS_BIAS=has_bias)
+    if kernel == 'bwd_dkdv':
+        constexprs['BIAS_GRAD'] = bias_grad
+    constexprs.update(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim,
+                      DOT_PRECISION=precision)
+    return aot.Config(constexprs, num_warps=num_warps, num_stages=2)
+
+
+def _launch_options(cfg: aot.Config) -> dict:
+    return dict(cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _geometry(H: int, W: int, window_size: Tuple[int, int], grid: bool) -> Tuple[int, int, int, int, int, int]:
@@ -300,16 +350,15 @@ class _WindowAttention(torch.autograd.Function):
         wh, ww = window_size
         n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, window_size, grid)
         n_tok = wh * ww
-        block = _block(n_tok)
+        cfg = _config('fwd', _block(n_tok), _head_dim(D, Dv), table is not None,
+                      precision=_dot_precision(q.dtype))
         bias = table.detach().float().contiguous() if table is not None else q.new_empty(1, dtype=torch.float32)
         out = q.new_empty(B, heads, H, W, Dv)
         lse = torch.empty(B * heads, H, W, device=q.device, dtype=torch.float32)
-        launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, block))
+        launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, cfg.constexprs['BLOCK_M']))
         _fwd_kernel[launch](
             q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale,
-            HAS_BIAS=table is not None, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=_head_dim(D),
-            HEAD_DIM_V=_head_dim(Dv), DOT_PRECISION=_dot_precision(q.dtype), num_warps=4, num_stages=2)
+            heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale, **_launch_options(cfg))
         ctx.save_for_backward(q, k, v, out, lse, bias)
         ctx.has_bias = table is not None
         ctx.table_dtype = table.dtype if table is not None else None
@@ -325,16 +374,15 @@ class _WindowAttention(torch.autograd.Function):
         wh, ww = ctx.window_size
         n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, ctx.window_size, ctx.grid)
         n_win, n_tok = n_win_h * n_win_w, wh * ww
-        block = _block(n_tok)
-        consts = dict(HAS_BIAS=ctx.has_bias, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=_head_dim(D),
-                      HEAD_DIM_V=_head_dim(Dv), DOT_PRECISION=_dot_precision(q.dtype), num_warps=4, num_stages=2)
+        block, head_dim, precision = _block(n_tok), _head_dim(D, Dv), _dot_precision(q.dtype)
+        dq_cfg = _config('bwd_dq', block, head_dim, ctx.has_bias, precision=precision)
         geometry = (heads, H, W, wh, ww)
         coords = (wsy, wsx, tsy, tsx)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
-        _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, block))](
+        _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, dq_cfg.constexprs['BLOCK_M']))](
             q, k, v, out, do, dq, lse, delta, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, ctx.scale, **consts)
+            *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, ctx.scale, **_launch_options(dq_cfg))
 
         bias_grad = ctx.has_bias and ctx.needs_input_grad[3]
         n_chunks = min(n_win, _BIAS_GRAD_CHUNKS) if bias_grad else n_win
@@ -342,10 +390,11 @@ class _WindowAttention(torch.autograd.Function):
         n_chunks = math.ceil(n_win / per_program)
         dbias = (torch.zeros(B, n_chunks, heads, n_tok, n_tok, device=q.device, dtype=torch.float32)
                  if bias_grad else bias)
-        _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, block))](
+        dkdv_cfg = _config('bwd_dkdv', block, head_dim, ctx.has_bias, bias_grad, precision=precision)
+        _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, dkdv_cfg.constexprs['BLOCK_N']))](
             q, k, v, do, dk, dv, lse, delta, bias, dbias, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dk), *_strides(dv), *geometry, n_win, n_win_w, per_program, *coords, D, Dv, ctx.scale,
-            BIAS_GRAD=bias_grad, **consts)
+            **_launch_options(dkdv_cfg))
         dtable = None
         if bias_grad:
             dtable = _relative_index_transpose(dbias.sum((0, 1)), ctx.window_size).to(ctx.table_dtype)
@@ -381,21 +430,14 @@ def _register() -> None:
                                         'n_win_w': i32, 'windows_per_program': i32, **coords, **tail,
                                         'HAS_BIAS': c, 'BIAS_GRAD': c, **{a: c for a in consts if a != 'HAS_BIAS'}}),
     }
-    # (block, head dim, bias): MaxViT/DaViT windows of 7x7 (block 64) at head dims 32 and 64, HiLo's 2x2 windows
-    # (block 16) and head dim 16 (24 runs in the head-dim-32 build, padded in registers)
-    shapes = [(64, 32, True), (64, 64, True), (16, 32, False), (64, 16, False)]
+    # every config the launcher can pick (_config): each window block, padded head dim and bias variant; fp32
+    # runs tf32 dots on GPUs, so one config list serves the three dtypes
+    bias_variants = {'fwd': ((False, False), (True, False)), 'bwd_dq': ((False, False), (True, False)),
+                     'bwd_dkdv': ((False, False), (True, False), (True, True))}
     for name, (fn, signature) in signatures.items():
-        for dtypes, precision in ((('fp16', 'bf16'), 'tf32'), (('fp32',), 'ieee')):
-            configs = []
-            for block, head_dim, has_bias in shapes:
-                constexprs = dict(HAS_BIAS=has_bias, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim,
-                                  HEAD_DIM_V=head_dim, DOT_PRECISION=precision)
-                if name == 'bwd_dkdv':
-                    constexprs['BIAS_GRAD'] = has_bias
-                configs.append(aot.Config({a: constexprs[a] for a in signature if signature[a] == c},
-                                          num_warps=4, num_stages=2))
-            suffix = '_fp32' if dtypes == ('fp32',) else ''
-            aot.register(f'window.{name}{suffix}', fn, signature, configs, dtypes=dtypes)
+        configs = [_config(name, block, head_dim, has_bias, bias_grad)
+                   for block in _BLOCKS for head_dim in _HEAD_DIMS for has_bias, bias_grad in bias_variants[name]]
+        aot.register(f'window.{name}', fn, signature, configs, dtypes=('fp32', 'fp16', 'bf16'))
 
 
 # under TRITON_INTERPRET=1 @triton.jit gives interpreter functions, which cannot be compiled for a GPU

@@ -239,6 +239,13 @@ def test_triton_backend_rejects_float64_before_importing_triton(monkeypatch):
         window_attention(q, q, q, 2)
 
 
+def test_triton_backend_rejects_head_dims_over_64_before_importing_triton(monkeypatch):
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    q = torch.zeros(1, 1, 4, 4, 80)
+    with use_backend('triton'), pytest.raises(ValueError, match='head dims .D and Dv. up to 64'):
+        window_attention(q, q, q, 2)
+
+
 def test_package_imports_without_triton():
     """kernels.window must import where triton does not: its triton module loads only when that backend runs."""
     import subprocess
