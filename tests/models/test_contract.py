@@ -3,6 +3,13 @@
 Our port of timm's own model checks, parametrized over ``timm.list_models('zoo_*')``: every model a
 later change registers is checked here without further ado. Inputs are small to keep CI fast; every
 variant is built and run.
+
+Every variant goes through the checks that need one build (forward, cfg, head, intermediates, odd sizes,
+parameter groups). The checks that build further copies or run backward (reset/prune/features_only
+rebuilds, backward, gradient checkpointing, in_chans=1, state-dict and pretrained-file round trips) run on
+the variants up to ``LIGHT_PARAMS``: the heavier ones (up to 1.4 B parameters) share every code path with
+a lighter sibling of their family and differ only in width, depth and window, and building them several
+times over would not fit CI's 2 cores and 24 GiB. ``test_every_family_has_a_light_variant`` keeps that true.
 """
 import math
 
@@ -18,6 +25,17 @@ MODELS = timm.list_models('zoo_*')
 BATCH = 2
 SIZE = 64  # a multiple of every zoo model's largest stride; odd sizes are tested separately
 ODD_SIZE = (97, 131)
+
+
+LIGHT_PARAMS = 50e6
+
+
+def _num_params(name: str) -> int:
+    with torch.device('meta'):  # shapes only: no memory, no init cost
+        return sum(p.numel() for p in timm.create_model(name).parameters())
+
+
+LIGHT_MODELS = [name for name in MODELS if _num_params(name) <= LIGHT_PARAMS]
 
 
 def create(name, **kwargs):
@@ -36,6 +54,11 @@ def test_registry():
     assert all(not name.startswith('zoo_') for name in timm.list_models(module='timm.models.*'))
 
 
+def test_every_family_has_a_light_variant():
+    families = {name.split('_')[1] for name in MODELS}
+    assert families == {name.split('_')[1] for name in LIGHT_MODELS}
+
+
 def input_for(model, size=SIZE, batch=BATCH):
     cfg = get_pretrained_cfg(model).to_dict() if isinstance(model, str) else model.pretrained_cfg
     in_chans = cfg['input_size'][0]
@@ -50,6 +73,12 @@ def head_width(model):
 @pytest.fixture(scope='module', params=MODELS)
 def model(request):
     """One eval-mode build per variant, shared by the read-only checks."""
+    return create(request.param).eval()
+
+
+@pytest.fixture(scope='module', params=LIGHT_MODELS)
+def light_model(request):
+    """One eval-mode build per light variant, for the checks that build further copies."""
     return create(request.param).eval()
 
 
@@ -89,7 +118,8 @@ def test_pretrained_tags_name_a_source():
 
 
 @torch.no_grad()
-def test_reset_classifier(model):
+def test_reset_classifier(light_model):
+    model = light_model
     model = create(model.pretrained_cfg['architecture']).eval()
     x = input_for(model)
     model.reset_classifier(0)
@@ -125,7 +155,8 @@ def test_forward_intermediates(model):
 
 
 @torch.no_grad()
-def test_prune_intermediate_layers(model):
+def test_prune_intermediate_layers(light_model):
+    model = light_model
     name = model.pretrained_cfg['architecture']
     x = input_for(model)
     _, full = model.forward_intermediates(x)
@@ -138,7 +169,8 @@ def test_prune_intermediate_layers(model):
 
 
 @torch.no_grad()
-def test_features_only(model):
+def test_features_only(light_model):
+    model = light_model
     name = model.pretrained_cfg['architecture']
     backbone = create(name, features_only=True).eval()
     x = input_for(model)
@@ -158,7 +190,7 @@ def test_features_only(model):
         torch.testing.assert_close(feat, expected)
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', LIGHT_MODELS)
 def test_backward(name):
     model = create(name, num_classes=42)
     model.train()
@@ -169,7 +201,7 @@ def test_backward(name):
     assert not missing, f'parameters without gradient: {missing[:5]}'
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', LIGHT_MODELS)
 def test_grad_checkpointing_keeps_outputs_and_gradients(name):
     x = input_for(name)
 
@@ -204,7 +236,7 @@ def test_odd_input_size(model):
         assert tuple(feat.shape[-2:]) == expected
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', LIGHT_MODELS)
 @torch.no_grad()
 def test_in_chans_1(name):
     model = create(name, in_chans=1).eval()
@@ -233,8 +265,8 @@ def test_group_matcher_and_no_weight_decay(model):
 
 
 @torch.no_grad()
-def test_state_dict_round_trip_and_pretrained_file(model, tmp_path):
-    source, name = model, model.pretrained_cfg['architecture']
+def test_state_dict_round_trip_and_pretrained_file(light_model, tmp_path):
+    source, name = light_model, light_model.pretrained_cfg['architecture']
     x = input_for(source)
     expected = source(x)
     torch.manual_seed(1)
