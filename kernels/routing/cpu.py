@@ -1,0 +1,327 @@
+"""Routed and index-sparse attention in exact pure PyTorch with bounded memory (CPUs, GPUs without Triton).
+
+Both ops run as an autograd Function that walks the queries in chunks: a chunk gathers the keys and values it
+attends to (a transient copy of a few MiB, never the whole ``topk``-times copy), computes the softmax with
+its log-sum-exp and keeps only the output and the log-sum-exp for backward. Backward recomputes each chunk's
+probabilities and accumulates key/value gradients with ``index_put_(accumulate=True)`` (serial on the CPU,
+deterministic). Routed attention works on region-major copies of q, k and v (one copy each), so a routed
+region is one contiguous slab to gather and to accumulate into. Half-precision inputs are computed in float32
+chunk by chunk. Regions of 16+ tokens with equal q/v head widths go through PyTorch's fused CPU
+flash-attention kernels (forward and backward, with the log-sum-exp).
+
+Sparse attention whose key lists cover a large share of the keys (``K * 16 >= Nk``) takes another exact route:
+dense score tiles by matrix product, softmax over the listed entries only, probabilities scattered back into
+the tile for the product with v. Its time scales with Nk, but on a CPU a matrix-product score is cheaper than
+gathering key rows until K falls well below Nk/16 (PyTorch's fused flash kernel with a log-multiplicity bias
+was measured too: 2x slower than these tiles at N = 784). The triton backend always scales with K.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from .reference import from_regions, to_regions
+
+__all__ = ['region_topk', 'routed_attention', 'sparse_attention']
+
+# elements of the per-chunk temporaries (gathered keys and values, scores): ~16 MiB in float32
+_CHUNK_ELEMENTS = 1 << 22
+# sparse_attention gathers key rows when K * ratio < Nk, else goes through dense score tiles: on a CPU a
+# matrix product costs about as much per score as gathering 1/16 of a key row (measured, 2 cores, D = 64)
+_DENSE_TILE_RATIO = 16
+# routed chunks with at least this many query tokens per region and D == Dv run PyTorch's fused CPU flash
+# kernels (2-3x faster there than matrix products plus softmax); smaller regions are faster with plain bmm
+_FLASH_MIN_TOKENS = 16
+# force a sparse_attention route ('gather' or 'tile'; tests); None picks by K/Nk
+_SPARSE_ROUTE: Optional[str] = None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def region_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
+    """Region index (B, n_win**2, topk), int64; region means by average pooling, no gradient."""
+    b, h, hh, ww, d = q.shape
+    rh, rw = hh // n_win, ww // n_win
+    with torch.no_grad():
+        # mean over each region's rows and columns, then heads-major channels (BiFormer's (m c) layout)
+        q_r = q.reshape(b, h, n_win, rh, n_win, rw, d).mean((3, 5))
+        k_r = k.reshape(b, h, n_win, rh, n_win, rw, k.shape[-1]).mean((3, 5))
+        q_r = q_r.permute(0, 2, 3, 1, 4).reshape(b, n_win * n_win, -1)
+        k_r = k_r.permute(0, 2, 3, 1, 4).reshape(b, n_win * n_win, -1)
+        return torch.topk(q_r @ k_r.transpose(-1, -2), k=topk, dim=-1).indices
+
+
+def _use_flash(q: torch.Tensor, v: torch.Tensor, tokens: int) -> bool:
+    """Whether chunks go through PyTorch's fused CPU flash-attention kernels (equal head widths)."""
+    return (q.device.type == 'cpu' and q.shape[-1] == v.shape[-1] and tokens >= _FLASH_MIN_TOKENS
+            and hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward'))
+
+
+def _accumulate(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[index[i]] += src[i], deterministic. index_put_ with accumulate runs serially on the CPU: index_add_
+    parallelises per row and slows down 30x when the two cores are shared with other processes (measured)."""
+    dst.index_put_((index,), src, accumulate=True)
+
+
+def _chunk(rows_per_item: int, n_items: int) -> int:
+    return max(1, min(n_items, _CHUNK_ELEMENTS // max(1, rows_per_item)))
+
+
+class _IndexedAttention(torch.autograd.Function):
+    """Softmax attention where query row ``qrows[i, t]`` attends to key rows ``krows[i, :]`` (a shared list per i).
+
+    q2 (M, Dqk), k2 (M, Dqk), v2 (M, Dv): all tokens as rows. qrows (I, Tq), krows (I, L) long row indices,
+    kmask (I, L) bool or None (False = no key). Chunks walk over I.
+    """
+
+    @staticmethod
+    def forward(ctx, q2: torch.Tensor, k2: torch.Tensor, v2: torch.Tensor, qrows: torch.Tensor, krows: torch.Tensor,
+                kmask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+        cdt = _compute_dtype(q2.dtype)
+        n_items, tq = qrows.shape
+        n_keys = krows.shape[1]
+        out = torch.zeros(q2.shape[0], v2.shape[1], dtype=q2.dtype, device=q2.device)
+        lse = torch.zeros(q2.shape[0], dtype=cdt, device=q2.device)
+        step = _chunk(tq * n_keys + n_keys * (k2.shape[1] + v2.shape[1]) + tq * q2.shape[1], n_items)
+        for i0 in range(0, n_items, step):
+            qr, kr = qrows[i0:i0 + step], krows[i0:i0 + step]
+            c = qr.shape[0]
+            qc = q2.index_select(0, qr.reshape(-1)).view(c, tq, -1).to(cdt)
+            kc = k2.index_select(0, kr.reshape(-1)).view(c, n_keys, -1).to(cdt)
+            vc = v2.index_select(0, kr.reshape(-1)).view(c, n_keys, -1).to(cdt)
+            s = (qc * scale) @ kc.transpose(1, 2)
+            if kmask is not None:
+                s.masked_fill_(~kmask[i0:i0 + step, None, :], float('-inf'))
+            m = s.amax(-1, keepdim=True).nan_to_num_(0.0, posinf=0.0, neginf=0.0)  # rows without keys
+            p = (s - m).exp_()
+            denom = p.sum(-1, keepdim=True)
+            o = (p @ vc) / denom.clamp_min(torch.finfo(cdt).tiny)
+            out.index_copy_(0, qr.reshape(-1), o.reshape(-1, o.shape[-1]).to(out.dtype))
+            lse.index_copy_(0, qr.reshape(-1), (m + denom.log()).reshape(-1))
+        ctx.save_for_backward(q2, k2, v2, qrows, krows, kmask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q2, k2, v2, qrows, krows, kmask, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        cdt = lse.dtype
+        n_items, tq = qrows.shape
+        n_keys = krows.shape[1]
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.to(cdt) * out.to(cdt)).sum(-1)
+        dq = torch.zeros(q2.shape, dtype=cdt, device=q2.device)
+        dk = torch.zeros(k2.shape, dtype=cdt, device=q2.device)
+        dv = torch.zeros(v2.shape, dtype=cdt, device=q2.device)
+        step = _chunk(2 * tq * n_keys + 2 * n_keys * (k2.shape[1] + v2.shape[1]) + tq * q2.shape[1], n_items)
+        for i0 in range(0, n_items, step):
+            qr, kr = qrows[i0:i0 + step].reshape(-1), krows[i0:i0 + step].reshape(-1)
+            c = qrows[i0:i0 + step].shape[0]
+            qc = q2.index_select(0, qr).view(c, tq, -1).to(cdt)
+            kc = k2.index_select(0, kr).view(c, n_keys, -1).to(cdt)
+            vc = v2.index_select(0, kr).view(c, n_keys, -1).to(cdt)
+            doc = grad_out.index_select(0, qr).view(c, tq, -1).to(cdt)
+            s = (qc * scale) @ kc.transpose(1, 2)
+            p = (s - lse.index_select(0, qr).view(c, tq, 1)).exp_()
+            if kmask is not None:
+                p.masked_fill_(~kmask[i0:i0 + step, None, :], 0.0)
+            _accumulate(dv, kr, (p.transpose(1, 2) @ doc).reshape(-1, dv.shape[1]))
+            ds = (doc @ vc.transpose(1, 2)).sub_(delta.index_select(0, qr).view(c, tq, 1)).mul_(p).mul_(scale)
+            dq.index_copy_(0, qr, (ds @ kc).reshape(-1, dq.shape[1]))
+            _accumulate(dk, kr, (ds.transpose(1, 2) @ qc).reshape(-1, dk.shape[1]))
+        return dq.to(q2.dtype), dk.to(k2.dtype), dv.to(v2.dtype), None, None, None, None
+
+
+class _DenseTileSparseAttention(torch.autograd.Function):
+    """Index-sparse attention through dense score tiles, for key lists that cover a large share of the keys.
+
+    A chunk of queries gets its full score rows by one matrix product (the CPU's fastest kernel), keeps the
+    listed entries (gather), takes the softmax over those ``K`` only and scatters the probabilities back into a
+    dense tile for the product with v. Exact, including repeated and empty slots; memory O(chunk * Nk).
+    q (BH, N, D), k (BH, Nk, D), v (BH, Nk, Dv), idx (BH, N, K) long clamped to >= 0, kmask (BH, N, K) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                kmask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+        cdt = _compute_dtype(q.dtype)
+        bh, n, _ = q.shape
+        n_k = k.shape[1]
+        kc, vc = k.to(cdt), v.to(cdt)
+        out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.empty(bh, n, dtype=cdt, device=q.device)
+        step = _chunk(bh * 2 * n_k, n)
+        for i0 in range(0, n, step):
+            sl = slice(i0, i0 + step)
+            p, lse_c = _DenseTileSparseAttention._probs(q[:, sl].to(cdt) * scale, kc, idx[:, sl],
+                                                        None if kmask is None else kmask[:, sl])
+            tile = torch.zeros(bh, p.shape[1], n_k, dtype=cdt, device=q.device).scatter_add_(-1, idx[:, sl], p)
+            out[:, sl] = torch.bmm(tile, vc).to(q.dtype)
+            lse[:, sl] = lse_c
+        ctx.save_for_backward(q, k, v, idx, kmask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def _probs(qc: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, kmask: Optional[torch.Tensor],
+               lse: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        s = torch.bmm(qc, k.transpose(1, 2)).gather(-1, idx)
+        if kmask is not None:
+            s.masked_fill_(~kmask, float('-inf'))
+        if lse is None:
+            m = s.amax(-1, keepdim=True).nan_to_num_(0.0, posinf=0.0, neginf=0.0)  # rows without keys
+            p = (s - m).exp_()
+            denom = p.sum(-1, keepdim=True)
+            p /= denom.clamp_min(torch.finfo(p.dtype).tiny)
+            return p, (m + denom.log()).squeeze(-1)
+        p = (s - lse.unsqueeze(-1)).exp_()
+        return p.nan_to_num_(0.0, posinf=0.0, neginf=0.0), lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, idx, kmask, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        cdt = lse.dtype
+        bh, n, _ = q.shape
+        n_k = k.shape[1]
+        kc, vc = k.to(cdt), v.to(cdt)
+        delta = (grad_out.to(cdt) * out.to(cdt)).sum(-1)
+        dq = torch.empty(q.shape, dtype=cdt, device=q.device)
+        dk = torch.zeros(k.shape, dtype=cdt, device=q.device)
+        dv = torch.zeros(v.shape, dtype=cdt, device=q.device)
+        step = _chunk(bh * 3 * n_k, n)
+        for i0 in range(0, n, step):
+            sl = slice(i0, i0 + step)
+            qc, doc, ic = q[:, sl].to(cdt), grad_out[:, sl].to(cdt), idx[:, sl]
+            p, _ = _DenseTileSparseAttention._probs(qc * scale, kc, ic, None if kmask is None else kmask[:, sl],
+                                                    lse[:, sl])
+            zeros = torch.zeros(bh, p.shape[1], n_k, dtype=cdt, device=q.device)
+            dv.baddbmm_(zeros.scatter_add(-1, ic, p).transpose(1, 2), doc)
+            ds = torch.bmm(doc, vc.transpose(1, 2)).gather(-1, ic).sub_(delta[:, sl, None]).mul_(p).mul_(scale)
+            ds_tile = zeros.scatter_add_(-1, ic, ds)
+            dq[:, sl] = torch.bmm(ds_tile, kc)
+            dk.baddbmm_(ds_tile.transpose(1, 2), qc)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _rows(bh: int, per_bh: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(bh, device=device).view(bh, 1, 1) * per_bh
+
+
+class _RoutedAttention(torch.autograd.Function):
+    """Routed attention on region-major tensors: q (BH*R, T, D), k (BH*R, T*D), v (BH*R, T*Dv) and routes
+    (BH*R, topk) holding global region rows. A chunk of query regions gathers its routed regions' key and value
+    slabs (``index_select`` of contiguous T*D rows) and writes its output slice; backward accumulates key/value
+    gradients slab-wise."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routes: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        cdt = _compute_dtype(q.dtype)
+        n_items, tokens, d = q.shape
+        dv = v.shape[1] // tokens
+        topk = routes.shape[1]
+        out = torch.empty(n_items, tokens, dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(n_items, tokens, dtype=cdt, device=q.device)
+        flash = _use_flash(q, out, tokens)
+        step = _chunk(tokens * topk * tokens + topk * tokens * (d + dv) + tokens * d, n_items)
+        for i0 in range(0, n_items, step):
+            sl = slice(i0, i0 + step)
+            r = routes[sl].reshape(-1)
+            c = r.numel() // topk
+            qc = q[sl].to(cdt)
+            kc = k.index_select(0, r).view(c, topk * tokens, d).to(cdt)
+            vc = v.index_select(0, r).view(c, topk * tokens, dv).to(cdt)
+            if flash:
+                o, lse_c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    qc[:, None], kc[:, None], vc[:, None], 0.0, False, scale=scale)
+                out[sl] = o[:, 0].to(out.dtype)
+                lse[sl] = lse_c[:, 0].to(cdt)
+                continue
+            s = (qc * scale) @ kc.transpose(1, 2)
+            m = s.amax(-1, keepdim=True)
+            p = (s - m).exp_()
+            denom = p.sum(-1, keepdim=True)
+            out[sl] = ((p @ vc) / denom).to(out.dtype)
+            lse[sl] = (m + denom.log()).squeeze(-1)
+        ctx.save_for_backward(q, k, v, routes, out, lse)
+        ctx.scale, ctx.flash = scale, flash
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, routes, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        cdt = lse.dtype
+        n_items, tokens, d = q.shape
+        dv_dim = v.shape[1] // tokens
+        topk = routes.shape[1]
+        grad_out = grad_out.contiguous()
+        dq = torch.empty(q.shape, dtype=cdt, device=q.device)
+        dk = torch.zeros(k.shape, dtype=cdt, device=q.device)
+        dv = torch.zeros(v.shape, dtype=cdt, device=q.device)
+        delta = None if ctx.flash else (grad_out.to(cdt) * out.to(cdt)).sum(-1)
+        step = _chunk(2 * tokens * topk * tokens + 2 * topk * tokens * (d + dv_dim) + tokens * d, n_items)
+        for i0 in range(0, n_items, step):
+            sl = slice(i0, i0 + step)
+            r = routes[sl].reshape(-1)
+            c = r.numel() // topk
+            qc, doc = q[sl].to(cdt), grad_out[sl].to(cdt)
+            kc = k.index_select(0, r).view(c, topk * tokens, d).to(cdt)
+            vc = v.index_select(0, r).view(c, topk * tokens, dv_dim).to(cdt)
+            if ctx.flash:
+                dqc, dkc, dvc = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    doc[:, None], qc[:, None], kc[:, None], vc[:, None], out[sl, None].to(cdt), lse[sl, None],
+                    0.0, False, scale=scale)
+                dq[sl] = dqc[:, 0]
+                _accumulate(dk, r, dkc.reshape(c * topk, -1))
+                _accumulate(dv, r, dvc.reshape(c * topk, -1))
+                continue
+            p = ((qc * scale) @ kc.transpose(1, 2)).sub_(lse[sl, :, None]).exp_()
+            _accumulate(dv, r, (p.transpose(1, 2) @ doc).reshape(c * topk, -1))
+            ds = (doc @ vc.transpose(1, 2)).sub_(delta[sl, :, None]).mul_(p).mul_(scale)
+            dq[sl] = ds @ kc
+            _accumulate(dk, r, (ds.transpose(1, 2) @ qc).reshape(c * topk, -1))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int,
+                     scale: Optional[float] = None) -> torch.Tensor:
+    b, h, hh, ww, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    n_reg = n_win * n_win
+    # region-major copies (one each; autograd maps their gradients back): regions and their tokens contiguous
+    q_r, k_r, v_r = (to_regions(t, n_win).reshape(b * h * n_reg, -1, t.shape[-1]) for t in (q, k, v))
+    tokens = q_r.shape[1]
+    idx = region_index.long()
+    if idx.dim() == 3:
+        idx = idx[:, None].expand(b, h, n_reg, idx.shape[-1])
+    routes = (idx.reshape(b * h, n_reg, -1) + torch.arange(b * h, device=q.device).view(-1, 1, 1) * n_reg)
+    out = _RoutedAttention.apply(q_r.contiguous(), k_r.reshape(b * h * n_reg, -1), v_r.reshape(b * h * n_reg, -1),
+                                 routes.reshape(b * h * n_reg, -1), float(scale))
+    return from_regions(out.view(b, h, n_reg, tokens, -1), n_win, hh, ww)
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
+                     scale: Optional[float] = None) -> torch.Tensor:
+    b, h, n, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    n_keys, n_k = key_index.shape[-1], k.shape[2]
+    idx = key_index.reshape(b * h, n, n_keys)
+    valid = idx >= 0
+    all_valid = bool(valid.all())
+    route = _SPARSE_ROUTE or ('gather' if n_keys * _DENSE_TILE_RATIO < n_k else 'tile')
+    if route == 'tile':
+        # lists covering a large share of the keys: dense score tiles (matrix products) beat gathering rows
+        out = _DenseTileSparseAttention.apply(q.reshape(b * h, n, d), k.reshape(b * h, n_k, d),
+                                              v.reshape(b * h, n_k, -1), idx.long().clamp(min=0),
+                                              None if all_valid else valid, float(scale))
+        return out.view(b, h, n, v.shape[-1])
+    kmask = None if all_valid else valid.reshape(b * h * n, n_keys)
+    qrows = torch.arange(b * h * n, device=q.device).view(-1, 1)  # one query per item
+    krows = (_rows(b * h, k.shape[2], q.device) + idx.long().clamp(min=0)).reshape(b * h * n, n_keys)
+    out = _IndexedAttention.apply(q.reshape(-1, d), k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1]),
+                                  qrows, krows, kmask, float(scale))
+    return out.view(b, h, n, v.shape[-1])
