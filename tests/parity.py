@@ -49,3 +49,23 @@ def load_parity_fixture(name: str) -> ParityFixture:
         output=tensors.pop('output'),
         state_dict={k[len(CKPT_PREFIX):]: v for k, v in tensors.items() if k.startswith(CKPT_PREFIX)},
     )
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4, msg: str = ''):
+    """Max abs difference within `rel` of the expected tensor's largest magnitude (the parity bar: 1e-4 relative)."""
+    err, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
+    assert actual.shape == expected.shape and err <= rel * scale, f'{msg} max abs error {err:.3g}, scale {scale:.3g}'
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its init value (norms and bias tables too), so each one must be loaded to match;
+    BatchNorm statistics are set as if trained."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

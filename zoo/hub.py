@@ -36,7 +36,7 @@ from timm.models._hub import get_cache_dir
 __all__ = [
     'WEIGHTS_DIR_ENV', 'SAFE_GLOBALS', 'WeightsNotFoundError', 'CorruptWeightsError',
     'register_sha256', 'expected_sha256', 'weight_location', 'mirror_path', 'resolve_weights',
-    'load_checkpoint', 'build_model_with_cfg', 'file_sha256',
+    'load_checkpoint', 'unwrap_state_dict', 'build_model_with_cfg', 'file_sha256',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -182,6 +182,16 @@ def _download_url(url: str, location: str, cache_dir) -> Path:
     return target
 
 
+def unwrap_state_dict(checkpoint: Any) -> Any:
+    """The state dict a training checkpoint nests under one of :data:`_STATE_DICT_KEYS` (EMA first, as timm
+    does), or the checkpoint itself when it nests none."""
+    if isinstance(checkpoint, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(checkpoint.get(key), dict):
+                return checkpoint[key]
+    return checkpoint
+
+
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read a checkpoint safely and return its (unwrapped, ``module.``-free) state dict."""
     path = Path(path)
@@ -198,11 +208,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CorruptWeightsError(
             f'Could not read weights file {path} ({path.stat().st_size} bytes): {type(e).__name__}: {e}. '
             f'Expected a safetensors file or a torch checkpoint of tensors (it may be truncated or corrupt).') from e
-    if isinstance(checkpoint, dict):
-        for key in _STATE_DICT_KEYS:
-            if isinstance(checkpoint.get(key), dict):
-                checkpoint = checkpoint[key]
-                break
+    checkpoint = unwrap_state_dict(checkpoint)
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CorruptWeightsError(
             f'Weights file {path} holds no state dict: expected a dict of tensors, optionally under one of '

@@ -17,26 +17,11 @@ import torch
 from safetensors.torch import save_file
 
 import zoo  # noqa: F401  (registers the zoo models)
-from tests.parity import FIXTURES, load_parity_fixture
+from tests.parity import FIXTURES, assert_rel_close, load_parity_fixture, perturbed
 from zoo.models.davit import DaViT, SpatialBlock, checkpoint_filter_fn
 
 # a small DaViT-tiny: every code path of the tiny variant, a fraction of its cost
 SMALL = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4, msg: str = ''):
-    """Max abs difference within `rel` of the expected tensor's largest magnitude (the parity bar: 1e-4 relative)."""
-    err, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
-    assert actual.shape == expected.shape and err <= rel * scale, f'{msg} max abs error {err:.3g}, scale {scale:.3g}'
-
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its init value (norms too), so that each one must be loaded to match."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope='module')

@@ -14,29 +14,11 @@ from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
 import zoo  # noqa: F401  (registers the zoo models)
+from tests.parity import assert_rel_close, perturbed
 from zoo.models.maxvit import MaxViT, PartitionAttention, checkpoint_filter_fn
 
 # a small maxvit_tiny_tf: every code path of the family (MBConv, block + grid attention with the TF bias, the head)
 SMALL = dict(embed_dim=(32, 64, 96, 128), depths=(1, 1, 1, 1), stem_width=16, head_hidden_size=128)
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4, msg: str = ''):
-    """Max abs difference within `rel` of the expected tensor's largest magnitude (the parity bar: 1e-4 relative)."""
-    err, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
-    assert actual.shape == expected.shape and err <= rel * scale, f'{msg} max abs error {err:.3g}, scale {scale:.3g}'
-
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its init value (norms and bias tables too), so each one must be loaded to match."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for m in model.modules():  # BatchNorm statistics as if trained
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 @pytest.fixture(scope='module')

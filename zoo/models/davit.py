@@ -26,7 +26,7 @@ from timm.models import davit as _timm_davit
 from timm.models import generate_default_cfgs, register_model
 
 from kernels.window import window_attention
-from zoo.hub import build_model_with_cfg
+from zoo.hub import build_model_with_cfg, unwrap_state_dict
 
 __all__ = ['DaViT']
 
@@ -103,9 +103,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DaViT) -> D
     ``norms`` (the head's norm) and ``head``. A state dict in timm's format (``stem.conv.weight``) passes
     through unchanged.
     """
-    for wrapper in ('state_dict', 'model'):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if 'stem.conv.weight' in state_dict:
         return state_dict
     return {_rename_original_key(k): v for k, v in state_dict.items()}

@@ -33,7 +33,7 @@ from timm.models import maxxvit as _timm_maxxvit
 from timm.models._features import feature_take_indices
 
 from kernels.window import window_attention
-from zoo.hub import build_model_with_cfg
+from zoo.hub import build_model_with_cfg, unwrap_state_dict
 
 __all__ = ['MaxViT']
 
@@ -180,9 +180,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
     ``state_dict`` or ``model``. Relative position bias tables trained with another window are resized to the
     model's window (timm's ``resize_rel_pos_bias_table``); 1x1 conv and linear weights are reshaped into each
     other where the layouts differ."""
-    for wrapper in ('state_dict', 'model'):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     return _timm_maxxvit.checkpoint_filter_fn(state_dict, model)
 
 

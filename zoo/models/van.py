@@ -30,7 +30,7 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from zoo.hub import build_model_with_cfg, register_sha256
+from zoo.hub import build_model_with_cfg, register_sha256, unwrap_state_dict
 
 __all__ = ['VAN']
 
@@ -397,9 +397,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VAN) -> Dic
     """Map an original VAN-Classification checkpoint (``patch_embed1.proj.weight``, ``block1.0.attn...``,
     ``norm1.weight``, ``head.weight``; optionally nested under ``state_dict`` or ``model``) onto this model's keys.
     A state dict already in this model's format passes through unchanged."""
-    for wrapper in ('state_dict', 'model'):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if 'stem.proj.weight' in state_dict:
         return state_dict
     return {_rename_original_key(k): v for k, v in state_dict.items()}
