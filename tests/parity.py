@@ -7,10 +7,11 @@ A fixture is one safetensors file. Its metadata holds
   ``source``         the original repository and commit, and what was run;
 its tensors are ``input``, ``output`` and the original checkpoint's state dict under ``ckpt.<key>``.
 """
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from safetensors import safe_open
@@ -69,3 +70,23 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def original_key_shapes(family: str) -> Dict[str, Dict[str, Tuple[int, ...]]]:
+    """``tests/fixtures/<family>_original_keys.json.gz``: per variant, the original checkpoint's key -> shape."""
+    with gzip.open(FIXTURES / f'{family}_original_keys.json.gz', 'rt') as f:
+        return json.load(f)['variants']
+
+
+def assert_original_keys_map_exactly(model_name: str, shapes: Dict[str, Tuple[int, ...]], filter_fn: Callable):
+    """Every key of an original checkpoint maps onto exactly one key of the zoo model, with its shape."""
+    import timm
+    with torch.device('meta'):
+        model = timm.create_model(model_name)
+        original = {k: torch.empty(shape) for k, shape in shapes.items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mapped = {k: tuple(v.shape) for k, v in filter_fn(original, model).items()}
+    assert len(mapped) == len(original), 'two original keys map onto one'
+    assert sorted(set(mapped) - set(ours)) == [], 'original keys that map to nothing'
+    assert sorted(set(ours) - set(mapped)) == [], 'model keys no original key maps to'
+    assert {k: s for k, s in mapped.items() if ours[k] != s} == {}, 'shape mismatches'

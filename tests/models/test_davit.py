@@ -7,8 +7,6 @@ Fixtures (made by running dingmyu/davit's timm/models/davit.py, see their `sourc
                                   training script saved it);
   davit_original_keys.json.gz     the original state dict's key -> shape for DaViT_tiny, _small and _base.
 """
-import gzip
-import json
 import math
 
 import pytest
@@ -17,7 +15,13 @@ import torch
 from safetensors.torch import save_file
 
 import zoo  # noqa: F401  (registers the zoo models)
-from tests.parity import FIXTURES, assert_rel_close, load_parity_fixture, perturbed
+from tests.parity import (
+    assert_original_keys_map_exactly,
+    assert_rel_close,
+    load_parity_fixture,
+    original_key_shapes,
+    perturbed,
+)
 from zoo.models.davit import DaViT, SpatialBlock, checkpoint_filter_fn
 
 # a small DaViT-tiny: every code path of the tiny variant, a fraction of its cost
@@ -116,20 +120,9 @@ def test_loads_timm_hub_format(timm_small, tmp_path):
         assert_rel_close(model(x), timm_small(x))
 
 
-def _original_key_sets():
-    with gzip.open(FIXTURES / 'davit_original_keys.json.gz', 'rt') as f:
-        return json.load(f)['variants']
-
-
-@pytest.mark.parametrize('variant, shapes', sorted(_original_key_sets().items()))
+@pytest.mark.parametrize('variant, shapes', sorted(original_key_shapes('davit').items()))
 def test_every_original_key_maps_exactly(variant, shapes):
-    with torch.device('meta'):
-        model = timm.create_model(f'zoo_{variant}')
-        original = {k: torch.empty(shape) for k, shape in shapes.items()}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mapped = {k: tuple(v.shape) for k, v in checkpoint_filter_fn(original, model).items()}
-    assert len(mapped) == len(original), 'two original keys map onto one'
-    assert mapped == ours
+    assert_original_keys_map_exactly(f'zoo_{variant}', shapes, checkpoint_filter_fn)
 
 
 def test_filter_passes_timm_format_through_and_unwraps(timm_small):

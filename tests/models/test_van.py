@@ -8,15 +8,13 @@ Fixtures (made by running Visual-Attention-Network/VAN-Classification's models/v
   van_original_keys.json.gz   the original state dict's key -> shape for van_b0 .. van_b6.
 """
 import argparse
-import gzip
-import json
 
 import pytest
 import timm
 import torch
 from safetensors import safe_open
 
-from tests.parity import FIXTURES, load_parity_fixture
+from tests.parity import FIXTURES, assert_original_keys_map_exactly, load_parity_fixture, original_key_shapes
 from zoo.models.van import checkpoint_filter_fn
 
 ATOL = 1e-5
@@ -108,19 +106,6 @@ def test_filter_passes_our_format_through_and_unwraps(fixture):
         assert checkpoint_filter_fn({wrapper: dict(converted)}, None) == converted
 
 
-def _original_key_sets():
-    with gzip.open(FIXTURES / 'van_original_keys.json.gz', 'rt') as f:
-        return json.load(f)['variants']
-
-
-@pytest.mark.parametrize('variant, shapes', sorted(_original_key_sets().items()))
+@pytest.mark.parametrize('variant, shapes', sorted(original_key_shapes('van').items()))
 def test_every_original_key_maps_exactly(variant, shapes):
-    with torch.device('meta'):
-        model = timm.create_model(f'zoo_{variant}')
-        original = {k: torch.empty(shape) for k, shape in shapes.items()}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mapped = {k: tuple(v.shape) for k, v in checkpoint_filter_fn(original, model).items()}
-    assert len(mapped) == len(original), 'two original keys map onto one'
-    assert sorted(set(mapped) - set(ours)) == [], 'original keys that map to nothing'
-    assert sorted(set(ours) - set(mapped)) == [], 'model keys no original key maps to'
-    assert {k: s for k, s in mapped.items() if ours[k] != s} == {}, 'shape mismatches'
+    assert_original_keys_map_exactly(f'zoo_{variant}', shapes, checkpoint_filter_fn)
