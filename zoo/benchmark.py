@@ -537,15 +537,15 @@ def benchmark_kernel(
         raise BenchmarkError('a kernel needs at least one tensor input, e.g. --shape q=2,4,56,32')
     tensors, kwargs = _make_inputs(inputs, dev, torch_dtype, requires_grad=mode == 'train')
     candidates = []
-    for i, path in enumerate([kernel, *anchors]):
-        fn = resolve_callable(path)
+    fns = [resolve_callable(path) for path in [kernel, *anchors]]
+    for i, (path, fn) in enumerate(zip([kernel, *anchors], fns)):
         runner = torch.compile(fn, backend=compile, dynamic=False) if compile else fn
         candidates.append(_Candidate(
             path, 'kernel' if i == 0 else 'anchor', _kernel_step(runner, tensors, kwargs, mode),
             _kernel_step(fn, tensors, kwargs, mode), 1, None))
     shapes = ' '.join(f'{n}={"x".join(map(str, v["shape"]))}' for n, v in inputs.items() if _is_tensor_spec(v))
     extra = dict(kind='kernel', mode=mode, dtype=dtype, channels_last=False, resolution=None, batch_size=None,
-                 inputs=shapes, traffic_bytes=min_traffic_bytes(resolve_callable(kernel), tensors, kwargs, mode))
+                 inputs=shapes, traffic_bytes=min_traffic_bytes(fns[0], tensors, kwargs, mode))
     return _measure(kernel, candidates, dev, runs, warmup, timer, compile, extra, 'calls/s')
 
 
