@@ -530,6 +530,4 @@ def _register() -> None:
                  'DEV_P': f, **{a: i for a in ('N', 'W', 'M', 'D', 'HEADS', *bias_ints, 'SPLIT')}, **extra_const}
     register('bwd_dkdv_extra', _bwd_dkdv_extra_kernel, extra_sig, extra_const)
 
-# under TRITON_INTERPRET=1 @triton.jit gives interpreter functions that cannot be compiled for a GPU
-if not triton_interpreted():
-    _register()
+_register()  # kernels.aot.register does nothing under TRITON_INTERPRET=1

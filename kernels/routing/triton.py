@@ -528,6 +528,4 @@ def _register() -> None:
         aot.register(name=f'routing.sparse_{kind}', fn=fn, signature=_signature(fn, _TENSORS), configs=configs)
 
 
-# under TRITON_INTERPRET=1 @triton.jit gives interpreter functions, which cannot be compiled for a GPU
-if not triton_interpreted():
-    _register()
+_register()  # kernels.aot.register does nothing under TRITON_INTERPRET=1

@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 
 from kernels import aot
-from kernels.backend import triton_interpreted
 
 __all__ = ['selective_scan']
 
@@ -414,6 +413,4 @@ def _register() -> None:
     )
 
 
-# under TRITON_INTERPRET=1 @triton.jit gives interpreter functions, which cannot be compiled for a GPU
-if not triton_interpreted():
-    _register()
+_register()  # kernels.aot.register does nothing under TRITON_INTERPRET=1

@@ -440,6 +440,4 @@ def _register() -> None:
         aot.register(f'window.{name}', fn, signature, configs, dtypes=('fp32', 'fp16', 'bf16'))
 
 
-# under TRITON_INTERPRET=1 @triton.jit gives interpreter functions, which cannot be compiled for a GPU
-if not triton_interpreted():
-    _register()
+_register()  # kernels.aot.register does nothing under TRITON_INTERPRET=1
