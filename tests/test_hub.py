@@ -1,6 +1,8 @@
 import argparse
 import os
 import pickle
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,29 @@ def test_torch_file_nested_with_training_args(tmp_path, source, wrapper):
     sd = {f'module.{k}': v for k, v in source.state_dict().items()}  # DDP prefix, stripped on load
     checkpoint = {wrapper: sd, 'args': argparse.Namespace(lr=0.1), 'epoch': 3} if wrapper else sd
     torch.save(checkpoint, path)
+    assert same_weights(build(file=str(path)), source)
+
+
+def test_torch_file_with_a_pickled_yacs_config(tmp_path, source, monkeypatch):
+    """Swin-style training scripts (LITv2's release files) save their yacs CfgNode beside the weights; it loads
+    as a plain dict, with or without yacs installed, and without running its code."""
+    yacs, yacs_config = types.ModuleType('yacs'), types.ModuleType('yacs.config')
+
+    class CfgNode(dict):  # pickles like yacs' own: a dict subclass with attributes in __dict__
+        def __init__(self, entries):
+            super().__init__(entries)
+            self.__dict__['__immutable__'] = True
+
+    CfgNode.__module__, CfgNode.__qualname__ = 'yacs.config', 'CfgNode'
+    yacs_config.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, 'yacs', yacs)
+    monkeypatch.setitem(sys.modules, 'yacs.config', yacs_config)
+    path = tmp_path / 'litv2_s.pth'
+    config = CfgNode({'AMP_OPT_LEVEL': 'O1', 'MODEL': CfgNode({'TYPE': 'litv2', 'DROP_PATH_RATE': 0.2})})
+    torch.save({'model': source.state_dict(), 'config': config, 'max_accuracy': 82.0, 'epoch': 299,
+                'amp': {'loss_scaler0': {'loss_scale': 65536.0, 'unskipped': 10}}}, path)
+    monkeypatch.delitem(sys.modules, 'yacs.config')
+    monkeypatch.delitem(sys.modules, 'yacs')
     assert same_weights(build(file=str(path)), source)
 
 

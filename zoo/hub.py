@@ -19,6 +19,7 @@ objects: safetensors, or ``torch.load(weights_only=True)`` with a minimal allow-
 checkpoint filter, classifier and input-channel adaptation).
 """
 import argparse
+import collections
 import hashlib
 import logging
 import os
@@ -44,8 +45,19 @@ _logger = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = 'ZOO_WEIGHTS_DIR'
 DEFAULT_HF_FILENAME = 'model.safetensors'
 
-# Objects some original checkpoints pickle beside their tensors (training args); nothing executable.
-SAFE_GLOBALS = [argparse.Namespace]
+
+
+class _ConfigAsDict:
+    """Stands in for yacs' ``CfgNode`` (the config that Swin-style training scripts, e.g. LITv2's, pickle beside
+    the weights): read as a plain ordered dict of its entries, whether or not yacs is installed, without running
+    any of its code."""
+
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
+
+
+# Objects some original checkpoints pickle beside their tensors (training args and configs); nothing executable.
+SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
 
 # Checkpoint keys that wrap the state dict, in order of preference (EMA first, as timm does).
 _STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
