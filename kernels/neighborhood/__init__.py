@@ -65,7 +65,8 @@ def _check_bias_table(table: Optional[torch.Tensor], index: object, extra_bias: 
             raise ValueError(f'{_describe(name, idx)}: expected device {q.device} (the device of q)')
         if idx.dim() != 2 or idx.shape[0] != size:
             raise ValueError(f'{_describe(name, idx)}: expected ({size}, P) = (H or W, pooled size along that axis)')
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+        # meta tensors (shape-only model construction and FLOP counting) have no values to check
+        if idx.numel() and idx.device.type != 'meta' and (int(idx.min()) < 0 or int(idx.max()) >= limit):
             raise ValueError(f'{_describe(name, idx)}: values must lie in [0, {limit}), the table\'s size there')
         out.append(idx.long())
     if out[0].shape[1] * out[1].shape[1] != num_extra:

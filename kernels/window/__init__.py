@@ -117,7 +117,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_s
     softmax attention + reverse. Every real query sees at least one real key.
 
     Returns:
-        (B, heads, H, W, Dv) in q's dtype.
+        (B, heads, H, W, Dv) in q's dtype. The cpu path lays it out heads-last in memory (a permuted view of
+        (B, H, W, heads, Dv)), so merging the heads back into channels is a free view.
 
     dtypes: float16, bfloat16, float32 on GPU (Triton, fp32 softmax statistics; float32 dots run on tf32 tensor
     cores, fp16-like precision); float32 and float64 on the CPU paths (float16/bfloat16 run there too). Forward and

@@ -95,7 +95,9 @@ class _WindowAttention(torch.autograd.Function):
                 window_size: Tuple[int, int], grid: bool, scale: float) -> torch.Tensor:
         B, heads, H, W, _ = q.shape
         geo = _Geometry(H, W, window_size, grid)
-        out = q.new_empty(B, heads, H, W, v.shape[-1])
+        # heads-last memory: the caller's merge of the heads, out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C), is
+        # then a view instead of a copy of the map
+        out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
         # detached: SDPA leaves its fused CPU kernel for the math one when attn_mask requires grad
         mask = bias.detach() if bias is not None else None
         for g in _chunks(B, heads, H, W, window_size, grid):

@@ -292,6 +292,18 @@ def test_factored_extra_bias_errors(change, error, match):
         neighborhood_attention(q, k, v, 3, **args)
 
 
+def test_factored_extra_bias_on_the_meta_device():
+    """Shape-only runs (meta-device models, FLOP counts for the model cards) pass the checks that need no values."""
+    q, k, v, kw = _base()
+    table, index = _factored()
+    with torch.device('meta'):
+        args = [torch.empty_like(t, device='meta') for t in (q, k, v, kw['extra_k'], kw['extra_v'], table)]
+        index = tuple(torch.empty_like(i, device='meta') for i in index)
+    out = neighborhood_attention(*args[:3], 3, extra_k=args[3], extra_v=args[4], extra_bias_table=args[5],
+                                 extra_bias_index=index)
+    assert out.device.type == 'meta' and out.shape == q.shape
+
+
 def test_transnext_cpb_table_is_separable_and_factored_op_matches_native():
     """TransNeXt's CPB index (torch.unique over (dy, dx) pairs of all query/pooled-key pairs) equals
     index_h * Tw + index_w, so its table reshapes to (heads, Th, Tw); the op's factored bias then
