@@ -66,11 +66,28 @@ def _table_index(ih: torch.Tensor, iw: torch.Tensor, table_w: int, r0: int, r1: 
     return (ih[r0:r1, None, :, None] * table_w + iw[None, :, None, :]).reshape(-1)
 
 
+def _is_blocked(ebt: Optional[torch.Tensor], ih: Optional[torch.Tensor], iw: Optional[torch.Tensor]) -> bool:
+    """Whether the factored index is ``index[y, p] = y * P + p`` on both axes over a (heads, H*Ph, W*Pw) table:
+    the table is then the dense bias with its axes in (y, py, x, px) order (TransNeXt's bias resized to a new map
+    size), and a chunk of it is a strided slice instead of a gather."""
+    if ebt is None or ebt.device.type == 'meta' or ebt.shape[1:] != (ih.numel(), iw.numel()):
+        return False
+    return all(torch.equal(i, torch.arange(i.numel(), device=i.device).view_as(i)) for i in (ih, iw))
+
+
+def _blocked_view(t: torch.Tensor, ih: torch.Tensor, iw: torch.Tensor) -> torch.Tensor:
+    """(heads, H*Ph, W*Pw) table as (heads, H, Ph, W, Pw)."""
+    return t.view(t.shape[0], ih.shape[0], ih.shape[1], iw.shape[0], iw.shape[1])
+
+
 def _bias_chunk(eb: Optional[torch.Tensor], ebt: Optional[torch.Tensor], ih: Optional[torch.Tensor],
-                iw: Optional[torch.Tensor], r0: int, r1: int, width: int) -> Optional[torch.Tensor]:
+                iw: Optional[torch.Tensor], r0: int, r1: int, width: int, blocked: bool) -> Optional[torch.Tensor]:
     """The extra bias of query rows [r0, r1): (1|B, h, R*W, M), gathered from the table when factored."""
     if ebt is not None:
         h = ebt.shape[0]
+        if blocked:
+            chunk = _blocked_view(ebt, ih, iw)[:, r0:r1].permute(0, 1, 3, 2, 4)
+            return chunk.reshape(1, h, (r1 - r0) * width, ih.shape[1] * iw.shape[1])
         idx = _table_index(ih, iw, ebt.shape[2], r0, r1)
         return ebt.reshape(h, -1)[:, idx].view(1, h, (r1 - r0) * width, ih.shape[1] * iw.shape[1])
     return None if eb is None else eb[:, :, r0 * width:r1 * width]
@@ -105,7 +122,8 @@ def _scores(qs: torch.Tensor, k_pad: torch.Tensor, rpb: Optional[torch.Tensor], 
 
 class _NeighborhoodAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, kernel_size: int, dilation: int):
+    def forward(ctx, qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, kernel_size: int, dilation: int,
+                blocked: bool):
         b, h, height, width, d = qs.shape
         local_len = kernel_size ** 2
         num_extra = 0 if ek is None else ek.shape[2]
@@ -117,7 +135,8 @@ class _NeighborhoodAttention(torch.autograd.Function):
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
             offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
-            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width), r0, r1, offsets,
+            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
+                                   offsets,
                                    local_len)
             m = s_loc.amax(2, keepdim=True)  # (B, h, 1, R, W)
             if s_ext is not None:
@@ -141,13 +160,13 @@ class _NeighborhoodAttention(torch.autograd.Function):
                 out_chunk[:, :, y0 - r0:y1 - r0].addcmul_(
                     w_loc[:, :, j, y0 - r0:y1 - r0, :, None], v_pad[:, :, y0 + dy:y1 + dy, kx:kx + width])
         ctx.save_for_backward(qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, lse)
-        ctx.kernel_size, ctx.dilation = kernel_size, dilation
+        ctx.kernel_size, ctx.dilation, ctx.blocked = kernel_size, dilation, blocked
         return out
 
     @staticmethod
     def backward(ctx, dout):
         qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, lse = ctx.saved_tensors
-        kernel_size, dilation = ctx.kernel_size, ctx.dilation
+        kernel_size, dilation, blocked = ctx.kernel_size, ctx.dilation, ctx.blocked
         b, h, height, width, d = qs.shape
         local_len = kernel_size ** 2
         num_extra = 0 if ek is None else ek.shape[2]
@@ -170,7 +189,8 @@ class _NeighborhoodAttention(torch.autograd.Function):
             r1 = min(height, r0 + rows)
             n0, n1 = r0 * width, r1 * width
             offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
-            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width), r0, r1, offsets,
+            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
+                                   offsets,
                                    local_len)
             chunk_lse = lse[:, :, None, r0:r1]  # (B, h, 1, R, W)
             p_loc = s_loc.sub_(chunk_lse).exp_()  # (B, h, L, R, W), 0 outside the image
@@ -192,7 +212,10 @@ class _NeighborhoodAttention(torch.autograd.Function):
                 dev += p_ext.transpose(-2, -1) @ do_flat
                 if deb is not None:
                     deb[:, :, n0:n1] += ds_ext if deb.shape[0] == b else ds_ext.sum(0, keepdim=True)
-                if debt is not None:
+                if debt is not None and blocked:
+                    _blocked_view(debt, ih, iw)[:, r0:r1] += ds_ext.sum(0).view(
+                        h, r1 - r0, width, ih.shape[1], iw.shape[1]).permute(0, 1, 3, 2, 4)
+                elif debt is not None:
                     debt.view(h, -1).index_add_(1, _table_index(ih, iw, ebt.shape[2], r0, r1),
                                                 ds_ext.sum(0).reshape(h, -1))
             ds_loc = (dp_loc - delta).mul_(p_loc)
@@ -217,7 +240,7 @@ class _NeighborhoodAttention(torch.autograd.Function):
                 # w_loc is not 0 in padded columns (learnable weights): those land in dv_pad's padding, cropped
                 dv_pad[:, :, yk, xk].addcmul_(w_loc[:, :, j, ys, :, None], do_chunk[:, :, ys])
         dk, dv = dk_pad[:, :, :, pad:pad + width], dv_pad[:, :, :, pad:pad + width]
-        return dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt, None, None, None, None
+        return dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt, None, None, None, None, None
 
 
 def neighborhood_attention(
@@ -232,8 +255,9 @@ def neighborhood_attention(
     num_extra = 0 if extra_k is None else extra_k.shape[2]
     qs = scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation).contiguous()
     index_h, index_w = extra_bias_index if extra_bias_index is not None else (None, None)
+    table = None if extra_bias_table is None else extra_bias_table.contiguous()
     return _NeighborhoodAttention.apply(
         qs, q.contiguous(), k.contiguous(), v.contiguous(), rel_pos_bias,
         None if extra_k is None else extra_k.contiguous(), None if extra_v is None else extra_v.contiguous(),
         None if extra_bias is None else extra_bias.contiguous(), learnable_tokens, learnable_bias,
-        None if extra_bias_table is None else extra_bias_table.contiguous(), index_h, index_w, kernel_size, dilation)
+        table, index_h, index_w, kernel_size, dilation, _is_blocked(table, index_h, index_w))

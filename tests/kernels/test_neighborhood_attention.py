@@ -292,6 +292,36 @@ def test_factored_extra_bias_errors(change, error, match):
         neighborhood_attention(q, k, v, 3, **args)
 
 
+@pytest.mark.parametrize('blocked', [True, False])
+def test_factored_bias_with_a_blocked_index(monkeypatch, blocked):
+    """index[y, p] = y * P + p on both axes over a (heads, H*Ph, W*Pw) table (TransNeXt's bias resized to a new map
+    size) is read as strided slices, not gathered: same values and gradients as the dense bias it stands for (and as
+    the gather path, forced with one index entry changed)."""
+    monkeypatch.setattr(cpu_backend, '_CHUNK_ELEMENTS', 64)  # several chunks of rows
+    tensors, kw = _inputs(b=2, heads=2, height=4, width=3, d=3, m=6)
+    q, k, v = tensors.values()
+    ph, pw = 2, 3
+    index_h = torch.arange(4 * ph).view(4, ph)
+    index_w = torch.arange(3 * pw).view(3, pw)
+    if not blocked:
+        index_w = index_w.clone()
+        index_w[2, 2] = 0
+    assert cpu_backend._is_blocked(torch.zeros(2, 4 * ph, 3 * pw), index_h, index_w) == blocked
+    table = torch.randn(2, 4 * ph, 3 * pw, dtype=torch.float64, requires_grad=True)
+    dense = table[:, index_h[:, None, :, None], index_w[None, :, None, :]].reshape(2, 12, ph * pw)
+    with use_backend('cpu'):
+        ours = neighborhood_attention(q, k, v, 3, extra_k=kw['extra_k'], extra_v=kw['extra_v'],
+                                      extra_bias_table=table, extra_bias_index=(index_h, index_w), length_scale=True)
+        theirs = neighborhood_attention(q, k, v, 3, extra_k=kw['extra_k'], extra_v=kw['extra_v'],
+                                        extra_bias=dense, length_scale=True)
+    torch.testing.assert_close(ours, theirs)
+    grad = torch.randn_like(ours)
+    g_ours = torch.autograd.grad(ours, (q, table), grad)
+    g_theirs = torch.autograd.grad(theirs, (q, table), grad)
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b)
+
+
 def test_factored_extra_bias_on_the_meta_device():
     """Shape-only runs (meta-device models, FLOP counts for the model cards) pass the checks that need no values."""
     q, k, v, kw = _base()

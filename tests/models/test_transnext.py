@@ -32,7 +32,7 @@ from tests.parity import (
     perturbed,
 )
 from zoo.models import transnext
-from zoo.models.transnext import checkpoint_filter_fn
+from zoo.models.transnext import _resize_bilinear, checkpoint_filter_fn
 
 # the fixtures' small model: head dim 24 as every variant, one block per stage
 SMALL = dict(embed_dims=(24, 48, 72, 96), num_heads=(1, 2, 3, 4), mlp_ratios=(4, 4, 2, 2), depths=(1, 1, 1, 1))
@@ -270,3 +270,10 @@ def test_variants_and_cfgs():
     assert m384.pretrained_cfg['input_size'] == (3, 384, 384) and m384.pretrained_cfg['crop_pct'] == 1.0
     assert m384.img_size == (384, 384) and m384.pretrain_size == (224, 224)
     assert m384.stages[0].trained_size == (96, 96) and m384.stages[0].pretrain_size == (56, 56)
+
+
+@pytest.mark.parametrize('shape, size', [((2, 26, 14, 7), (64, 32)), ((1, 3, 5, 9), (4, 20)), ((2, 3, 7, 7), (7, 7))])
+def test_separable_bilinear_resize_equals_interpolate(shape, size):
+    """The CPB's interpolate mode resizes with two matmuls; the numbers are F.interpolate's (up and down)."""
+    x = torch.randn(*shape, dtype=torch.float64)
+    torch.testing.assert_close(_resize_bilinear(x, size), F.interpolate(x, size=size, mode='bilinear'))

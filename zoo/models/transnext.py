@@ -98,6 +98,21 @@ def _axis(query: int, key: int, pretrain: int, device: torch.device) -> Tuple[to
     return values, index
 
 
+def _linear_resize_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(size_out, size_in): ``F.interpolate(mode='linear')`` (align_corners False) as the matrix it is."""
+    eye = torch.eye(size_in, dtype=like.dtype, device=like.device).unsqueeze(0)  # batch 1, channel c = basis c
+    return F.interpolate(eye, size=size_out, mode='linear').squeeze(0).t()
+
+
+def _resize_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bilinear')`` of a (N, C, h, w) tensor as two matmuls: bilinear resizing is
+    separable, and the CPB's thousands of tiny planes run several times faster this way than through
+    upsample_bilinear2d (which moves them to channels-last and back)."""
+    rows = _linear_resize_matrix(x.shape[-2], size[0], x)
+    cols = _linear_resize_matrix(x.shape[-1], size[1], x)
+    return rows @ x @ cols.t()
+
+
 def _log_spaced(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log2(torch.abs(x) + 1.0) / torch.log2(torch.tensor(8, dtype=torch.float32))
 
@@ -165,11 +180,11 @@ class _CpbMixin:
         if ah.resize is not None:
             # gather the trained (query, key) grid along h, resize it bilinearly as the original's F.interpolate
             t = table[:, ah.index.reshape(-1)].view(heads, *ah.index.shape, table.shape[-1]).permute(0, 3, 1, 2)
-            t = F.interpolate(t, size=ah.resize, mode='bilinear')
+            t = _resize_bilinear(t, ah.resize)
             table = t.permute(0, 2, 3, 1).reshape(heads, ah.resize[0] * ah.resize[1], table.shape[-1])
         if aw.resize is not None:
             t = table[:, :, aw.index.reshape(-1)].view(heads, table.shape[1], *aw.index.shape)
-            table = F.interpolate(t, size=aw.resize, mode='bilinear').view(heads, table.shape[1], -1)
+            table = _resize_bilinear(t, aw.resize).view(heads, table.shape[1], -1)
         return table
 
 
