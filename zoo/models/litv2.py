@@ -48,7 +48,6 @@ from timm.layers import (
     ClassifierHead,
     DropPath,
     calculate_drop_path_rates,
-    get_device_dtype,
     to_2tuple,
     trunc_normal_,
 )
@@ -58,6 +57,7 @@ from torchvision.ops import deform_conv2d
 
 from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import StagedClassifierMixin
 
 __all__ = ['LITv2']
 
@@ -355,7 +355,7 @@ class LitStage(nn.Module):
         return self.blocks(x)
 
 
-class LITv2(nn.Module):
+class LITv2(StagedClassifierMixin, nn.Module):
     """LITv2 (HiLo attention).
 
     Args:
@@ -475,21 +475,6 @@ class LITv2(nn.Module):
         # and exempts 1-d parameters and biases, which timm's optimizer factory already does
         return set()
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -558,14 +543,6 @@ class LITv2(nn.Module):
         x = self.stem(x)
         x = self.stages(x)  # each stage checkpoints its own blocks when grad checkpointing is on
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
 
 
 def _rename_original_key(k: str) -> str:

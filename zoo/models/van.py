@@ -12,7 +12,7 @@ BN -> Large Kernel Attention and BN -> conv MLP with a depthwise conv, and a per
 """
 import math
 import re
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -23,14 +23,13 @@ from timm.layers import (
     LayerNorm2d,
     LayerScale2d,
     calculate_drop_path_rates,
-    get_device_dtype,
     to_2tuple,
     trunc_normal_,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from zoo.hub import build_model_with_cfg, register_sha256, unwrap_state_dict
+from zoo.layers import NormedStagesMixin
 
 __all__ = ['VAN']
 
@@ -194,7 +193,7 @@ class VanStage(nn.Module):
         return self.norm(x)
 
 
-class VAN(nn.Module):
+class VAN(NormedStagesMixin, nn.Module):
     """Visual Attention Network.
 
     Args:
@@ -297,87 +296,6 @@ class VAN(nn.Module):
     def no_weight_decay(self) -> set:
         # the original lists none that exist; timm's optimizer factory already skips 1-d params (norms, layer scales)
         return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates.
-
-        Args:
-            x: Input image tensor.
-            indices: Take the last n stages if int, all if None, the matching indices if a sequence.
-            norm: Unused: every stage output is already normalized by that stage's LayerNorm.
-            stop_early: Stop after the last stage needed for the intermediates.
-            output_fmt: Shape of the intermediate feature outputs; only 'NCHW'.
-            intermediates_only: Only return the intermediate features.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ):
-        """Prune the stages not needed for the given intermediates (the stage norms are part of the features)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            # features now end at the last kept stage; the head was sized for the last stage so it goes too
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        return self.stages(x)  # each stage checkpoints its own blocks when grad checkpointing is on
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
 
 
 def _rename_original_key(k: str) -> str:
