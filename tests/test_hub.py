@@ -141,16 +141,16 @@ def test_wrong_keys_fail_strict_load(tmp_path, source):
 def test_sha256_verified(tmp_path, source):
     path = tmp_path / 'w.safetensors'
     save_file(source.state_dict(), path)
-    hub.register_sha256(str(path), hub.file_sha256(path))
+    hub.register_sha256s({str(path): hub.file_sha256(path)})
     assert same_weights(build(file=str(path)), source)
-    hub.register_sha256(str(path), '0' * 64)
+    hub.register_sha256s({str(path): '0' * 64})
     with pytest.raises(CorruptWeightsError, match=r'has sha256 [0-9a-f]{64}, expected 0{64}'):
         build(file=str(path))
 
 
 def test_register_sha256_rejects_bad_digest():
     with pytest.raises(ValueError, match='64 hex digits'):
-        hub.register_sha256('x', 'abc')
+        hub.register_sha256s({'x': 'abc'})
 
 
 def test_new_num_classes_keeps_backbone_and_drops_head(tmp_path, source):
@@ -184,7 +184,7 @@ def test_mirror_file_is_verified_too(tmp_path, monkeypatch, source):
     path = tmp_path / 'tinynet_v1.pth'
     torch.save(source.state_dict(), path)
     url = 'https://example.invalid/releases/tinynet_v1.pth'
-    hub.register_sha256(url, 'f' * 64)
+    hub.register_sha256s({url: 'f' * 64})
     with pytest.raises(CorruptWeightsError, match=str(path)):
         build(url=url)
 
@@ -215,12 +215,12 @@ def test_url_download_is_atomic_and_verified(tmp_path, source):
     url = served.as_uri()
     cache = tmp_path / 'cache'
 
-    hub.register_sha256(url, '1' * 64)
+    hub.register_sha256s({url: '1' * 64})
     with pytest.raises(CorruptWeightsError, match='expected 1{64}'):
         build(url=url, cache_dir=cache)
     assert list(cache.iterdir()) == []  # neither the final name nor a partial file is left behind
 
-    hub.register_sha256(url, hub.file_sha256(served))
+    hub.register_sha256s({url: hub.file_sha256(served)})
     assert same_weights(build(url=url, cache_dir=cache), source)
     assert [p.name for p in cache.iterdir()] == ['tinynet_v2.pth']
     served.unlink()  # the second build is served from the cache

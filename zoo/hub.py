@@ -11,7 +11,7 @@ this order:
 3. the Hugging Face hub (``hf_hub_id``, optional ``hf_hub_filename``), through huggingface_hub's cache;
 4. ``url``, downloaded into timm's checkpoint cache (or ``cache_dir``).
 
-A file whose location has a registered sha256 (:func:`register_sha256`) is verified before it is
+A file whose location has a registered sha256 (:func:`register_sha256s`) is verified before it is
 used; a URL download is written to a temporary name and renamed only once complete and verified, so
 nothing half-written is ever left under the final name. Files are read without unpickling arbitrary
 objects: safetensors, or ``torch.load(weights_only=True)`` with a minimal allow-list
@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -36,7 +36,7 @@ from timm.models._hub import get_cache_dir
 
 __all__ = [
     'WEIGHTS_DIR_ENV', 'SAFE_GLOBALS', 'WeightsNotFoundError', 'CorruptWeightsError',
-    'register_sha256', 'expected_sha256', 'weight_location', 'mirror_path', 'resolve_weights',
+    'register_sha256s', 'expected_sha256', 'weight_location', 'mirror_path', 'resolve_weights',
     'load_checkpoint', 'unwrap_state_dict', 'build_model_with_cfg', 'file_sha256',
 ]
 
@@ -73,12 +73,17 @@ class CorruptWeightsError(RuntimeError):
     """The weights file exists but is truncated, corrupt, or not the file that was expected."""
 
 
-def register_sha256(location: str, sha256: str) -> None:
-    """Record the sha256 of the file at `location` (a url, ``hf-hub:<repo>/<filename>`` or a path)."""
-    digest = sha256.lower()
-    if len(digest) != 64 or any(c not in '0123456789abcdef' for c in digest):
-        raise ValueError(f'sha256 for {location!r} must be 64 hex digits, got {sha256!r}')
-    _SHA256[location] = digest
+def register_sha256s(digests: Mapping[str, str]) -> None:
+    """Record the sha256 of released weight files, keyed by location (what :func:`weight_location` gives for
+    their cfg: ``hf-hub:<repo>/<filename>``, a url, or a path). Every family registers its digests with one call
+    beside its ``default_cfgs``, citing where each digest was published."""
+    checked = {}
+    for location, sha256 in digests.items():
+        digest = sha256.lower()
+        if len(digest) != 64 or any(c not in '0123456789abcdef' for c in digest):
+            raise ValueError(f'sha256 for {location!r} must be 64 hex digits, got {sha256!r}')
+        checked[location] = digest
+    _SHA256.update(checked)
 
 
 def expected_sha256(location: str) -> Optional[str]:
@@ -86,7 +91,7 @@ def expected_sha256(location: str) -> Optional[str]:
 
 
 def weight_location(cfg: Dict[str, Any]) -> str:
-    """A stable name for the weights a cfg points at; the key of :func:`register_sha256`."""
+    """A stable name for the weights a cfg points at; the key of :func:`register_sha256s`."""
     if cfg.get('file'):
         return str(cfg['file'])
     if cfg.get('hf_hub_id'):

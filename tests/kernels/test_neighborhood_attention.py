@@ -197,23 +197,11 @@ def test_errors_name_tensor_shape_and_expectation(change, error, match):
         neighborhood_attention(*args, kernel_size, **extra)
 
 
-def _cases():
-    """tools/kernel_cases/neighborhood.py (tools/ is not a package on the test path)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / 'tools' / 'kernel_cases' / 'neighborhood.py'
-    spec = importlib.util.spec_from_file_location('_neighborhood_cases', path)
-    cases = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cases)
-    return cases
-
-
 def test_op_reproduces_transnext_native_data_flow():
-    """tools/kernel_cases/neighborhood.py rewrites TransNeXt's attention_native.py data flow (nn.Unfold of the
+    """zoo.benchmark.cases.neighborhood rewrites TransNeXt's attention_native.py data flow (nn.Unfold of the
     concatenated normalised keys and values, -inf padding mask, joint softmax, learnable tokens); the op
     with the model-side prologue (normalise, softplus) must give the same outputs and gradients."""
-    cases = _cases()
+    from zoo.benchmark.cases import neighborhood as cases
     g = torch.Generator().manual_seed(0)
     b, heads, height, width, d, m, local_len = 2, 3, 9, 7, 24, 12, 9
     shapes = [(b, heads, height, width, d)] * 3 + [(b, heads, m, d)] * 2 + [
@@ -340,7 +328,7 @@ def test_transnext_cpb_table_is_separable_and_factored_op_matches_native():
     reproduces the native data flow with the dense gathered bias, outputs and gradients."""
     import torch.nn.functional as F
 
-    cases = _cases()
+    from zoo.benchmark.cases import neighborhood as cases
     height, width, pool = 9, 7, 3
     axis_qh, axis_qw = torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32)
     axis_kh = F.adaptive_avg_pool1d(axis_qh[None], pool)[0]

@@ -166,10 +166,8 @@ def test_script_runs_from_the_shell():
 @pytest.mark.parametrize('case', sorted((ROOT / 'configs' / 'benchmarks' / 'kernels').glob('*/*.yaml')),
                          ids=lambda p: f'{p.parent.name}/{p.stem}')
 def test_shipped_kernel_cases_resolve(case, monkeypatch):
-    """Every case `make bench-kernels` runs names importable callables and tensor inputs (tools/ on the path,
-    as when tools/benchmark.py runs)."""
+    """Every case `make bench-kernels` runs names importable callables and tensor inputs."""
     from zoo import benchmark
-    monkeypatch.syspath_prepend(str(ROOT / 'tools'))
     spec = benchmark.load_case(str(case))
     for path in [spec.kernel, *spec.anchors]:
         assert callable(benchmark.resolve_callable(path))

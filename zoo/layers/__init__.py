@@ -1,4 +1,4 @@
 """Building blocks shared by two or more families (and not already in timm.layers)."""
-from .stages import NormedStagesMixin, StagedClassifierMixin
+from .stages import StagedClassifierMixin, StagedFeaturesMixin, StagedModelMixin
 
-__all__ = ['NormedStagesMixin', 'StagedClassifierMixin']
+__all__ = ['StagedClassifierMixin', 'StagedFeaturesMixin', 'StagedModelMixin']

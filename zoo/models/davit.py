@@ -25,7 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import davit as _timm_davit
 from timm.models import generate_default_cfgs, register_model
 
-from kernels.window import window_attention
+from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
 
 __all__ = ['DaViT']

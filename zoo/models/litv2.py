@@ -38,7 +38,7 @@ Where this port differs from the original code (the numbers are equal wherever t
 """
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -52,12 +52,11 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torchvision.ops import deform_conv2d
 
 from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
-from zoo.layers import StagedClassifierMixin
+from zoo.layers import StagedModelMixin
 
 __all__ = ['LITv2']
 
@@ -355,7 +354,7 @@ class LitStage(nn.Module):
         return self.blocks(x)
 
 
-class LITv2(StagedClassifierMixin, nn.Module):
+class LITv2(StagedModelMixin, nn.Module):
     """LITv2 (HiLo attention).
 
     Args:
@@ -475,74 +474,8 @@ class LITv2(StagedClassifierMixin, nn.Module):
         # and exempts 1-d parameters and biases, which timm's optimizer factory already does
         return set()
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates.
-
-        Args:
-            x: Input image tensor.
-            indices: Take the last n stages if int, all if None, the matching indices if a sequence.
-            norm: Apply the final norm to the last stage's intermediate.
-            stop_early: Stop after the last stage needed for the intermediates.
-            output_fmt: Shape of the intermediate feature outputs; only 'NCHW'.
-            intermediates_only: Only return the intermediate features.
-
-        Returns:
-            The stage outputs (before the next stage's DTM) as NCHW, and the final NHWC features unless
-            ``intermediates_only``.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        num_stages = len(self.stages)
-        take_indices, max_index = feature_take_indices(num_stages, indices)
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        last = 0
-        for last, stage in enumerate(stages):
-            x = stage(x)
-            if last in take_indices:
-                x_inter = self.norm(x) if norm and last == num_stages - 1 else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous())
-
-        if intermediates_only:
-            return intermediates
-        if last == num_stages - 1:
-            x = self.norm(x)  # the final norm is sized for (and only applied to) the last stage
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ):
-        """Prune the stages (and the final norm / head) not needed for the given intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.stages(x)  # each stage checkpoints its own blocks when grad checkpointing is on
-        return self.norm(x)
+    def stage_to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 def _rename_original_key(k: str) -> str:

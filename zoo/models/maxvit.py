@@ -22,18 +22,17 @@ checkpoint was trained with another window.
 Differences to timm's registration: ``features_only`` gives the four stage outputs (strides 4/8/16/32, NCHW) and
 ``feature_info`` lists those four (timm also lists the stride-2 stem); ``fixed_input_size`` is off.
 """
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Optional, Set, Tuple, Union
 
 import torch
-import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import RelPosBiasTf, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from timm.models import maxxvit as _timm_maxxvit
-from timm.models._features import feature_take_indices
 
-from kernels.window import window_attention
+from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import StagedFeaturesMixin
 
 __all__ = ['MaxViT']
 
@@ -58,7 +57,7 @@ class PartitionAttention(_timm_maxxvit.PartitionAttentionCl):
         return attn.proj_drop(attn.proj(x))
 
 
-class MaxViT(_timm_maxxvit.MaxxVit):
+class MaxViT(StagedFeaturesMixin, _timm_maxxvit.MaxxVit):
     """timm's MaxxVit (MaxViT ``_tf`` configs) with block and grid attention through the fused window kernel.
 
     Args:
@@ -114,65 +113,8 @@ class MaxViT(_timm_maxxvit.MaxxVit):
             ],
         )
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns the stage outputs (strides 4, 8, 16, 32).
-
-        Args:
-            x: Input image tensor.
-            indices: Take the last n stages if int, all if None, the matching indices if a sequence.
-            norm: Apply the final norm to the last stage's output (an identity for the ``_tf`` models, whose norm
-                is in the head).
-            stop_early: Stop after the last stage needed for the intermediates.
-            output_fmt: Shape of the intermediate feature outputs; only 'NCHW'.
-            intermediates_only: Only return the intermediate features.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
-
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Prune the stages (and norm / head) not needed for the given intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # sized for (and only applied to) the last stage
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '', reset_other=True)
-        return take_indices
+    def reset_head_for_features(self):
+        self.reset_classifier(0, '', reset_other=True)  # the _tf models' head norm and pre-logits go with the head
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> Dict[str, torch.Tensor]:

@@ -53,8 +53,8 @@ from timm.models import generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
 from kernels import neighborhood_attention
-from zoo.hub import build_model_with_cfg, register_sha256, unwrap_state_dict
-from zoo.layers import NormedStagesMixin
+from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
+from zoo.layers import StagedModelMixin
 
 __all__ = ['TransNeXt']
 
@@ -401,7 +401,7 @@ class TransNeXtStage(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-class TransNeXt(NormedStagesMixin, nn.Module):
+class TransNeXt(StagedModelMixin, nn.Module):
     """TransNeXt.
 
     Args:
@@ -624,19 +624,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 # sha256 of the LFS objects, from the Hugging Face file pages / upload commits (none found for the tiny file)
-for _location, _sha256 in {
-    'DaiShiResearch/transnext-micro-224-1k/transnext_micro_224_1k.pth':
+register_sha256s({
+    'hf-hub:DaiShiResearch/transnext-micro-224-1k/transnext_micro_224_1k.pth':
         '18dbc88e9c1eb3b3f7801f91f61ef25db56a276a2ee85c4ae3e940c832410d8f',
-    'DaiShiResearch/transnext-small-224-1k/transnext_small_224_1k.pth':
+    'hf-hub:DaiShiResearch/transnext-small-224-1k/transnext_small_224_1k.pth':
         '92cc70c6e75aeb4a1bcc6c249d634b3636c24752228cd3e2220c2d58183ecfba',
-    'DaiShiResearch/transnext-base-224-1k/transnext_base_224_1k.pth':
+    'hf-hub:DaiShiResearch/transnext-base-224-1k/transnext_base_224_1k.pth':
         '1d3b9e5c159b61f162bfaaea5887552d04f6b92af83e0e798f682f9d35f53272',
-    'DaiShiResearch/transnext-small-384-1k-ft-1k/transnext_small_384_1k_ft_1k.pth':
+    'hf-hub:DaiShiResearch/transnext-small-384-1k-ft-1k/transnext_small_384_1k_ft_1k.pth':
         'fb11178d2f4abd37054760d7659c299ddc756f2c0c9f2f7895796c294d7b740e',
-    'DaiShiResearch/transnext-base-384-1k-ft-1k/transnext_base_384_1k_ft_1k.pth':
+    'hf-hub:DaiShiResearch/transnext-base-384-1k-ft-1k/transnext_base_384_1k_ft_1k.pth':
         'b48d494bd6b675745ed521a8a68a427aaf54d492028706598dad0ce047e4e9cd',
-}.items():
-    register_sha256(f'hf-hub:{_location}', _sha256)
+})
 
 _MICRO = dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2))
 _TINY = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2))

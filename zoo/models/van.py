@@ -28,8 +28,8 @@ from timm.layers import (
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from zoo.hub import build_model_with_cfg, register_sha256, unwrap_state_dict
-from zoo.layers import NormedStagesMixin
+from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
+from zoo.layers import StagedModelMixin
 
 __all__ = ['VAN']
 
@@ -193,7 +193,7 @@ class VanStage(nn.Module):
         return self.norm(x)
 
 
-class VAN(NormedStagesMixin, nn.Module):
+class VAN(StagedModelMixin, nn.Module):
     """Visual Attention Network.
 
     Args:
@@ -362,15 +362,14 @@ default_cfgs = generate_default_cfgs({
 })
 
 # sha256 of the LFS objects, from the Hugging Face upload commits of each file
-for _location, _sha256 in {
-    'Visual-Attention-Network/VAN-Tiny-original/van_tiny_754.pth.tar':
+register_sha256s({
+    'hf-hub:Visual-Attention-Network/VAN-Tiny-original/van_tiny_754.pth.tar':
         '058bda07d27a89f27bbec8f3e47e6bda5de4f51dc59d0fb1f3cb835acb9130d8',
-    'Visual-Attention-Network/VAN-Base-original/van_base_828.pth.tar':
+    'hf-hub:Visual-Attention-Network/VAN-Base-original/van_base_828.pth.tar':
         '3fbae1db35c4f1f96c4d66f1c8b13cac9194043171ff8a7e87fd21eb43a93725',
-    'Visual-Attention-Network/VAN-Large-original/van_large_839.pth.tar':
+    'hf-hub:Visual-Attention-Network/VAN-Large-original/van_large_839.pth.tar':
         '47010a5f353820551108cbd10c2ad60670c6e8a9cf7869867ea682caca23a677',
-}.items():
-    register_sha256(f'hf-hub:{_location}', _sha256)
+})
 
 
 @register_model
