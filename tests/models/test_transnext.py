@@ -31,6 +31,7 @@ from tests.parity import (
     original_key_shapes,
     perturbed,
 )
+from zoo.layers import rename_pvt_key
 from zoo.models import transnext
 from zoo.models.transnext import _resize_bilinear, checkpoint_filter_fn
 
@@ -70,7 +71,7 @@ def _check_grads(model, x, loss_fn, expected, prefix=''):
     for key, grad in expected.items():
         if not key.startswith(prefix + 'grad.block'):
             continue
-        name = transnext._rename_original_key(key[len(prefix + 'grad.'):])
+        name = rename_pvt_key(key[len(prefix + 'grad.'):])
         actual = getattr(model, 'model', model).get_parameter(name).grad  # features_only wraps the model
         if name == 'stages.3.blocks.0.attn.cpb_fc2.bias':
             # stage 4 adds the CPB to every key, so a per-head constant cancels in the softmax: the true gradient is

@@ -3,7 +3,7 @@
 The families' model classes mix these in before ``nn.Module`` (or before the timm class they build on); each keeps
 what is its own (init, group matcher, weight-decay exemptions, checkpoint filter).
 """
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -141,4 +141,17 @@ class StagedFeaturesMixin:
 
 
 class StagedModelMixin(StagedFeaturesMixin, StagedClassifierMixin):
-    """The whole contract for a stem -> stages -> [norm] -> ``ClassifierHead`` model written from scratch."""
+    """The whole contract for a stem -> stages -> [norm] -> ``ClassifierHead`` model written from scratch, whose
+    stage i holds an optional ``downsample``, ``blocks`` and an optional stage ``norm``."""
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^stages\.(\d+)\.norm', (99999,)),
+                (r'^norm', (99999,)),
+            ],
+        )

@@ -228,7 +228,7 @@ class HiLoAttention(nn.Module):
         return torch.cat((self.hifi(x), self.lofi(x)), dim=-1)
 
 
-class ConvMlp(nn.Module):
+class DwMlp(nn.Module):
     """The original's DWMlp on NHWC tokens: fc1 -> 3x3 depthwise conv -> act -> dropout -> fc2 -> dropout."""
 
     def __init__(
@@ -289,7 +289,7 @@ class LitBlock(nn.Module):
                 alpha=alpha, **dd)
             self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = DwMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -456,17 +456,6 @@ class LITv2(StagedModelMixin, nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

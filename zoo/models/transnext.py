@@ -48,13 +48,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates, to_2tuple
 from timm.models import generate_default_cfgs, register_model
+from timm.models.pvt_v2 import OverlapPatchEmbed
 from torch.utils.checkpoint import checkpoint
 
 from kernels import neighborhood_attention
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
-from zoo.layers import StagedModelMixin
+from zoo.layers import StagedModelMixin, init_pvt_weights, rename_pvt_key
 
 __all__ = ['TransNeXt']
 
@@ -118,19 +119,6 @@ def _log_spaced(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- blocks -------------------------------------------------------------------------------------------------------
-
-class OverlapPatchEmbed(nn.Module):
-    """Strided conv with 'same'-style padding, then LayerNorm over channels: NCHW in, NHWC out."""
-
-    def __init__(self, in_chs: int, out_chs: int, patch_size: int = 7, stride: int = 4, device=None, dtype=None):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=patch_size, stride=stride, padding=patch_size // 2, **dd)
-        self.norm = nn.LayerNorm(out_chs, **dd)  # default eps 1e-5, as the original
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
 
 class ConvolutionalGLU(nn.Module):
     """fc1 to 2 x hidden, the gate half through a 3x3 depthwise conv and GELU, times the value half, fc2 (NHWC)."""
@@ -332,7 +320,9 @@ class TransNeXtStage(nn.Module):
         if self.fixed_pool_size is not None and self.fixed_pool_size >= min(self.trained_size):
             raise ValueError(f'fixed_pool_size {fixed_pool_size} must be less than the shorter side of the stride-'
                              f'{stride} map {self.trained_size} of img_size {img_size}, as the original asserts')
-        self.downsample = OverlapPatchEmbed(in_chs, out_chs, 3, 2, **dd) if downsample else nn.Identity()
+        self.downsample = (
+            OverlapPatchEmbed(patch_size=3, stride=2, in_chans=in_chs, embed_dim=out_chs, **dd) if downsample
+            else nn.Identity())
         drop_path_rates = drop_path_rates or [0.] * depth
         self.blocks = nn.ModuleList([
             TransNeXtBlock(out_chs, num_heads, window_size=window_size, sr_ratio=sr_ratio, mlp_ratio=mlp_ratio,
@@ -474,7 +464,7 @@ class TransNeXt(StagedModelMixin, nn.Module):
         self.cpb_mode, self.fixed_pool_size = cpb_mode, fixed_pool_size
         self.grad_checkpointing = False
 
-        self.stem = OverlapPatchEmbed(in_chans, embed_dims[0], patch_size=7, stride=4, **dd)
+        self.stem = OverlapPatchEmbed(patch_size=7, stride=4, in_chans=in_chans, embed_dim=embed_dims[0], **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
         stages = []
         self.feature_info = []
@@ -506,35 +496,8 @@ class TransNeXt(StagedModelMixin, nn.Module):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
 
-        for m in self.modules():
-            self._init_weights(m)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        # as the original's _init_weights, applied after construction (so it also re-initialises the CPB MLPs)
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0., math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^stages\.(\d+)\.norm', (99999,)),
-            ],
-        )
+        for m in self.modules():  # as the original, after construction (so it also re-initialises the CPB MLPs)
+            init_pvt_weights(m)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -544,16 +507,6 @@ class TransNeXt(StagedModelMixin, nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x).permute(0, 3, 1, 2)  # NHWC -> NCHW view; stage 0 takes it back without a copy
-
-
-def _rename_original_key(k: str) -> str:
-    k = re.sub(r'^patch_embed1\.', 'stem.', k)
-    k = re.sub(r'^patch_embed(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.', k)
-    k = re.sub(r'^block(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.', k)
-    k = re.sub(r'^norm(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.norm.', k)
-    k = k.replace('.mlp.dwconv.dwconv.', '.mlp.dwconv.')
-    k = re.sub(r'^head\.', 'head.fc.', k)
-    return k
 
 
 # non-persistent buffers of the original; older exports of the classification model may carry them
@@ -575,7 +528,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Optional[Tr
         return state_dict
     if 'backbone.patch_embed1.proj.weight' in state_dict:
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-    return {_rename_original_key(k): v for k, v in state_dict.items() if not _ORIGINAL_BUFFERS.search(k)}
+    return {rename_pvt_key(k): v for k, v in state_dict.items() if not _ORIGINAL_BUFFERS.search(k)}
 
 
 def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> TransNeXt:

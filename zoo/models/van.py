@@ -10,7 +10,6 @@ A hierarchical conv net: four stages at strides 4/8/16/32, each an overlapping p
 BN -> Large Kernel Attention and BN -> conv MLP with a depthwise conv, and a per-stage LayerNorm. The stage outputs
 (after that norm) are the pyramid features; the last one is average-pooled for the classifier.
 """
-import math
 import re
 from typing import Dict, List, Optional, Tuple, Type
 
@@ -24,17 +23,16 @@ from timm.layers import (
     LayerScale2d,
     calculate_drop_path_rates,
     to_2tuple,
-    trunc_normal_,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
-from zoo.layers import StagedModelMixin
+from zoo.layers import StagedModelMixin, init_pvt_weights, rename_pvt_key
 
 __all__ = ['VAN']
 
 
-class OverlapPatchEmbed(nn.Module):
+class ConvBnPatchEmbed(nn.Module):
     """Strided conv with 'same'-style padding, then BatchNorm: the stem (7x7 /4) and each downsample (3x3 /2)."""
 
     def __init__(
@@ -90,7 +88,7 @@ class SpatialAttention(nn.Module):
         return x + shortcut
 
 
-class ConvMlp(nn.Module):
+class DwConvMlp2d(nn.Module):
     """1x1 conv -> 3x3 depthwise conv -> act -> 1x1 conv, dropout after the act and after the last conv."""
 
     def __init__(
@@ -135,7 +133,7 @@ class VanBlock(nn.Module):
         self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim, **dd)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = DwConvMlp2d(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.ls2 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -167,7 +165,7 @@ class VanStage(nn.Module):
         super().__init__()
         self.grad_checkpointing = False
         if downsample:
-            self.downsample = OverlapPatchEmbed(in_chs, out_chs, patch_size=3, stride=2, **dd)
+            self.downsample = ConvBnPatchEmbed(in_chs, out_chs, patch_size=3, stride=2, **dd)
         else:
             self.downsample = nn.Identity()
         drop_path_rates = drop_path_rates or [0.] * depth
@@ -241,7 +239,7 @@ class VAN(StagedModelMixin, nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.stem = OverlapPatchEmbed(in_chans, embed_dims[0], patch_size=7, stride=4, **dd)
+        self.stem = ConvBnPatchEmbed(in_chans, embed_dims[0], patch_size=7, stride=4, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
         stages = []
         self.feature_info = []
@@ -267,30 +265,7 @@ class VAN(StagedModelMixin, nn.Module):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
 
-        self.apply(self._init_weights)
-
-    def _init_weights(self, m: nn.Module):
-        # as the original: He-normal on fan-out (per group) for convs, truncated normal for the classifier
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0., math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^stages\.(\d+)\.norm', (99999,)),
-            ],
-        )
+        self.apply(init_pvt_weights)  # VAN keeps PVTv2's init
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -299,16 +274,10 @@ class VAN(StagedModelMixin, nn.Module):
 
 
 def _rename_original_key(k: str) -> str:
-    k = re.sub(r'^patch_embed1\.', 'stem.', k)
-    k = re.sub(r'^patch_embed(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.', k)
-    k = re.sub(r'^block(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.', k)
-    k = re.sub(r'^norm(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.norm.', k)
+    k = rename_pvt_key(k)
     k = re.sub(r'\.layer_scale_(\d)$', r'.ls\1.gamma', k)
     k = k.replace('.attn.proj_1.', '.attn.proj1.').replace('.attn.proj_2.', '.attn.proj2.')
-    k = k.replace('.attn.spatial_gating_unit.', '.attn.lka.')
-    k = k.replace('.mlp.dwconv.dwconv.', '.mlp.dwconv.')
-    k = re.sub(r'^head\.', 'head.fc.', k)
-    return k
+    return k.replace('.attn.spatial_gating_unit.', '.attn.lka.')
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VAN) -> Dict[str, torch.Tensor]:
