@@ -126,7 +126,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
     return _timm_maxxvit.checkpoint_filter_fn(state_dict, model)
 
 
-def _create_maxvit(variant: str, cfg_variant: str, pretrained: bool = False, **kwargs) -> MaxViT:
+def _create_maxvit(variant: str, pretrained: bool = False, **kwargs) -> MaxViT:
+    cfg_variant = variant[len('zoo_'):].rsplit('_', 1)[0]  # zoo_maxvit_tiny_tf_224 -> timm's maxvit_tiny_tf config
     return build_model_with_cfg(
         MaxViT,
         variant,
@@ -185,80 +186,91 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _entry(variant: str, cfg_variant: str, size: int, pretrained: bool, kwargs: Dict[str, Any]) -> MaxViT:
-    return _create_maxvit(variant, cfg_variant, pretrained=pretrained, **dict(dict(img_size=size), **kwargs))
-
-
 @register_model
 def zoo_maxvit_tiny_tf_224(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_tiny_tf_224', 'maxvit_tiny_tf', 224, pretrained, kwargs)
+    model_args = dict(img_size=224)
+    return _create_maxvit('zoo_maxvit_tiny_tf_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_tiny_tf_384(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_tiny_tf_384', 'maxvit_tiny_tf', 384, pretrained, kwargs)
+    model_args = dict(img_size=384)
+    return _create_maxvit('zoo_maxvit_tiny_tf_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_tiny_tf_512(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_tiny_tf_512', 'maxvit_tiny_tf', 512, pretrained, kwargs)
+    model_args = dict(img_size=512)
+    return _create_maxvit('zoo_maxvit_tiny_tf_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_small_tf_224(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_small_tf_224', 'maxvit_small_tf', 224, pretrained, kwargs)
+    model_args = dict(img_size=224)
+    return _create_maxvit('zoo_maxvit_small_tf_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_small_tf_384(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_small_tf_384', 'maxvit_small_tf', 384, pretrained, kwargs)
+    model_args = dict(img_size=384)
+    return _create_maxvit('zoo_maxvit_small_tf_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_small_tf_512(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_small_tf_512', 'maxvit_small_tf', 512, pretrained, kwargs)
+    model_args = dict(img_size=512)
+    return _create_maxvit('zoo_maxvit_small_tf_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_base_tf_224(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_base_tf_224', 'maxvit_base_tf', 224, pretrained, kwargs)
+    model_args = dict(img_size=224)
+    return _create_maxvit('zoo_maxvit_base_tf_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_base_tf_384(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_base_tf_384', 'maxvit_base_tf', 384, pretrained, kwargs)
+    model_args = dict(img_size=384)
+    return _create_maxvit('zoo_maxvit_base_tf_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_base_tf_512(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_base_tf_512', 'maxvit_base_tf', 512, pretrained, kwargs)
+    model_args = dict(img_size=512)
+    return _create_maxvit('zoo_maxvit_base_tf_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_large_tf_224(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_large_tf_224', 'maxvit_large_tf', 224, pretrained, kwargs)
+    model_args = dict(img_size=224)
+    return _create_maxvit('zoo_maxvit_large_tf_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_large_tf_384(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_large_tf_384', 'maxvit_large_tf', 384, pretrained, kwargs)
+    model_args = dict(img_size=384)
+    return _create_maxvit('zoo_maxvit_large_tf_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_large_tf_512(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_large_tf_512', 'maxvit_large_tf', 512, pretrained, kwargs)
+    model_args = dict(img_size=512)
+    return _create_maxvit('zoo_maxvit_large_tf_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_xlarge_tf_224(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_xlarge_tf_224', 'maxvit_xlarge_tf', 224, pretrained, kwargs)
+    model_args = dict(img_size=224)
+    return _create_maxvit('zoo_maxvit_xlarge_tf_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_xlarge_tf_384(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_xlarge_tf_384', 'maxvit_xlarge_tf', 384, pretrained, kwargs)
+    model_args = dict(img_size=384)
+    return _create_maxvit('zoo_maxvit_xlarge_tf_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_maxvit_xlarge_tf_512(pretrained: bool = False, **kwargs) -> MaxViT:
-    return _entry('zoo_maxvit_xlarge_tf_512', 'maxvit_xlarge_tf', 512, pretrained, kwargs)
+    model_args = dict(img_size=512)
+    return _create_maxvit('zoo_maxvit_xlarge_tf_512', pretrained=pretrained, **dict(model_args, **kwargs))

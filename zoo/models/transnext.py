@@ -590,39 +590,43 @@ register_sha256s({
         'b48d494bd6b675745ed521a8a68a427aaf54d492028706598dad0ce047e4e9cd',
 })
 
-_MICRO = dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2))
-_TINY = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2))
-_SMALL = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5))
-_BASE = dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5))
 
 
 @register_model
 def zoo_transnext_micro(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _create_transnext('zoo_transnext_micro', pretrained=pretrained, **dict(_MICRO, **kwargs))
+    model_args = dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2))
+    return _create_transnext('zoo_transnext_micro', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_transnext_tiny(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _create_transnext('zoo_transnext_tiny', pretrained=pretrained, **dict(_TINY, **kwargs))
+    model_args = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2))
+    return _create_transnext('zoo_transnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_transnext_small(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _create_transnext('zoo_transnext_small', pretrained=pretrained, **dict(_SMALL, **kwargs))
+    model_args = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5))
+    return _create_transnext('zoo_transnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_transnext_base(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _create_transnext('zoo_transnext_base', pretrained=pretrained, **dict(_BASE, **kwargs))
+    model_args = dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5))
+    return _create_transnext('zoo_transnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_transnext_small_384(pretrained: bool = False, **kwargs) -> TransNeXt:
-    model_args = dict(_SMALL, img_size=384, pretrain_size=224)
+    model_args = dict(
+        embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5),
+        img_size=384, pretrain_size=224)
     return _create_transnext('zoo_transnext_small_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def zoo_transnext_base_384(pretrained: bool = False, **kwargs) -> TransNeXt:
-    model_args = dict(_BASE, img_size=384, pretrain_size=224)
+    model_args = dict(
+        embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5),
+        img_size=384, pretrain_size=224)
     return _create_transnext('zoo_transnext_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
