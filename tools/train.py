@@ -10,7 +10,6 @@ Examples::
 
 The logic lives in :mod:`zoo.training`; this script parses, calls it and reports.
 """
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -18,17 +17,12 @@ from typing import List, Optional
 
 from timm.utils import setup_default_logging
 
+from zoo.cli import ToolParser
 from zoo.training import ConfigError, load_config, train
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # one line, no usage block: the message already names what is wrong and what is allowed
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog='train.py', description=__doc__.split('\n')[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog='train.py', description=__doc__.split('\n')[0], aliases={'override': '--opt'})
     parser.add_argument('config', help='YAML config (keys of zoo.training.config.TrainConfig)')
     parser.add_argument('--opt', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                         help='override config keys, dotted, values in YAML syntax: optim.lr=0.01 model.kwargs={...}')
@@ -66,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f'--resume: checkpoint {resume} does not exist')
         metrics = train(cfg, resume=resume, stop_after_epoch=args.stop_after_epoch)
     except ConfigError as e:
-        parser.error(str(e))
+        parser.fail(e)
     if metrics:
         logging.getLogger('train').info(
             f'done: epoch {metrics["epoch"]}, eval top1 {metrics["eval_top1"]:.2f}%, best {metrics["best_top1"]:.2f}%, '

@@ -37,7 +37,7 @@ from timm.models._hub import get_cache_dir
 __all__ = [
     'WEIGHTS_DIR_ENV', 'SAFE_GLOBALS', 'WeightsNotFoundError', 'CorruptWeightsError',
     'register_sha256s', 'expected_sha256', 'weight_location', 'mirror_path', 'resolve_weights',
-    'load_checkpoint', 'unwrap_state_dict', 'build_model_with_cfg', 'file_sha256',
+    'read_checkpoint', 'load_checkpoint', 'unwrap_state_dict', 'build_model_with_cfg', 'file_sha256',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ def resolve_weights(cfg: Dict[str, Any], cache_dir: Optional[Union[str, Path]] =
     name = _cfg_name(cfg)
     if cfg.get('file'):
         path = Path(cfg['file']).expanduser()
+        if path.is_dir():
+            raise WeightsNotFoundError(f'Pretrained weights file {path} given for {name} is a directory, not a file')
         if not path.is_file():
             raise WeightsNotFoundError(f'Pretrained weights file {path} given for {name} does not exist')
         _verify(path, location)
@@ -209,23 +211,29 @@ def unwrap_state_dict(checkpoint: Any) -> Any:
     return checkpoint
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint safely and return its (unwrapped, ``module.``-free) state dict."""
+def read_checkpoint(path: Union[str, Path]) -> Any:
+    """Everything a weights or checkpoint file holds, read safely: a safetensors file (recognised by content, not
+    name), or a torch file through ``torch.load(weights_only=True)`` with the :data:`SAFE_GLOBALS` allow-list."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsNotFoundError(f'Weights file {path} is a directory; expected a .safetensors or torch file')
     if not path.is_file():
         raise WeightsNotFoundError(f'Weights file {path} does not exist')
     try:
         if _is_safetensors(path):
             from safetensors.torch import load_file
-            checkpoint = load_file(path, device='cpu')
-        else:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+            return load_file(path, device='cpu')
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a damaged file
         raise CorruptWeightsError(
             f'Could not read weights file {path} ({path.stat().st_size} bytes): {type(e).__name__}: {e}. '
             f'Expected a safetensors file or a torch checkpoint of tensors (it may be truncated or corrupt).') from e
-    checkpoint = unwrap_state_dict(checkpoint)
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint safely and return its (unwrapped, ``module.``-free) state dict."""
+    checkpoint = unwrap_state_dict(read_checkpoint(path))
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CorruptWeightsError(
             f'Weights file {path} holds no state dict: expected a dict of tensors, optionally under one of '

@@ -10,7 +10,7 @@ from PIL import Image
 
 from zoo.training.config import ModelConfig, load_config
 from zoo.training.data import create_eval_transform, model_data_config
-from zoo.training.trainer import create_model, train
+from zoo.training.trainer import create_model_from_config, train
 
 from ..training.helpers import TINY_DIGITS_OPTS, TINY_VAN, make_image_folder
 
@@ -42,7 +42,7 @@ def test_eval_a_training_checkpoint_on_its_digits_split(tmp_path):
 def test_eval_weights_on_an_image_folder_with_features(tmp_path):
     root = make_image_folder(tmp_path / 'data')
     torch.manual_seed(0)
-    model = create_model(ModelConfig(name='zoo_van_b0', kwargs=TINY_VAN), num_classes=3).eval()
+    model = create_model_from_config(ModelConfig(name='zoo_van_b0', kwargs=TINY_VAN), num_classes=3).eval()
     torch.save(model.state_dict(), tmp_path / 'weights.pth')
     kwargs = '{embed_dims: [8, 16, 24, 32], depths: [1, 1, 1, 1], mlp_ratios: [2, 2, 2, 2], num_classes: 3}'
     result = run_eval('--model', 'zoo_van_b0', '--checkpoint', str(tmp_path / 'weights.pth'), '--model-kwargs',
@@ -61,9 +61,13 @@ def test_eval_weights_on_an_image_folder_with_features(tmp_path):
 
 def test_eval_errors_are_one_line(tmp_path):
     for args, message in [
-        ([], 'give --model NAME'),
-        (['--model', 'zoo_van_b0', '--data-dir', str(tmp_path)], f"data.root: '{tmp_path}' has no folder 'val'"),
-        (['--model', 'zoo_nope', '--digits'], "model.name: 'zoo_nope' is not a registered model"),
+        ([], '--model: give a model name'),
+        (['--model', 'zoo_van_b0', '--data-dir', str(tmp_path)], f"--data-dir: '{tmp_path}' has no folder 'val'"),
+        (['--model', 'zoo_nope', '--digits'], "--model: 'zoo_nope' is not a registered model"),
+        (['--model', 'zoo_van_b0', '--digits', '--batch-size', '0'], '--batch-size: must be >= 1, got 0'),
+        (['--model', 'zoo_van_b0', '--digits', '--image-size', '0'], '--image-size: must be >= 1, got 0'),
+        (['--model', 'zoo_van_b0', '--digits', '--checkpoint', str(tmp_path)], f'Weights file {tmp_path} is a '
+                                                                              'directory'),
     ]:
         result = run_eval(*args)
         assert result.returncode == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.training.checkpoint import load_checkpoint
+from zoo.training.checkpoint import load_training_state
 
 from ..training.helpers import TINY_DIGITS_OPTS, make_image_folder
 
@@ -49,14 +49,14 @@ def test_resume_after_a_kill_continues_exactly(tmp_path):
     finally:
         process.kill()  # SIGKILL: no chance to clean up
         process.wait()
-    killed_at = load_checkpoint(cut / 'last.pth')['epoch']
+    killed_at = load_training_state(cut / 'last.pth')['epoch']
     assert killed_at < 3, 'the run ended before it could be killed'
     run_train(DEMO, '--no-progress', '--output', str(cut), '--resume', '--opt', *opts)
     full, resumed = steps(tmp_path / 'full'), steps(cut)
     assert len(full) == 1 + 4 * 3  # header + 4 epochs of 5 batches in updates of 2, 2, 1
     assert resumed == full  # per-update losses and lrs, as exact decimal reprs
-    final_full = load_checkpoint(tmp_path / 'full' / 'last.pth')
-    final_resumed = load_checkpoint(tmp_path / 'cut' / 'last.pth')
+    final_full = load_training_state(tmp_path / 'full' / 'last.pth')
+    final_resumed = load_training_state(tmp_path / 'cut' / 'last.pth')
     assert final_resumed['metrics'] == final_full['metrics']
     assert all(final_resumed['ema'][k].equal(v) for k, v in final_full['ema'].items())
 
@@ -91,7 +91,7 @@ def test_dist_train_two_cpu_processes(tmp_path):
          '--opt', *TINY_DIGITS_OPTS, 'data.dataset=folder', f'data.root={root}', 'data.batch_size=4', 'epochs=2'],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = load_checkpoint(tmp_path / 'out' / 'last.pth')
+    checkpoint = load_training_state(tmp_path / 'out' / 'last.pth')
     assert checkpoint['epoch'] == 1 and len(checkpoint['rng']) == 2  # one random state per process
     # 24 training images over 2 processes in batches of 4: 3 updates per epoch, logged once (rank 0)
     assert len(steps(tmp_path / 'out')) == 1 + 2 * 3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zoo.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 
 
 def _draw(generator):
@@ -16,16 +16,16 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     generator = torch.Generator().manual_seed(3)
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    save_checkpoint({'rng': rng_state(generator)}, tmp_path / 'rng.pth')
+    save_training_state({'rng': rng_state(generator)}, tmp_path / 'rng.pth')
     expected = _draw(generator)
     _draw(generator)
-    set_rng_state(load_checkpoint(tmp_path / 'rng.pth')['rng'], generator)
+    set_rng_state(load_training_state(tmp_path / 'rng.pth')['rng'], generator)
     assert _draw(generator) == expected
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / 'last.pth'
-    save_checkpoint({'epoch': 0, 'w': torch.ones(2)}, path)
+    save_training_state({'epoch': 0, 'w': torch.ones(2)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ['last.pth']
 
     def failing_save(obj, f):
@@ -33,15 +33,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         raise OSError('disk full')
     monkeypatch.setattr(torch, 'save', failing_save)
     with pytest.raises(OSError, match='disk full'):
-        save_checkpoint({'epoch': 1, 'w': torch.zeros(2)}, path)
+        save_training_state({'epoch': 1, 'w': torch.zeros(2)}, path)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ['last.pth']  # no temporary file left behind
-    assert load_checkpoint(path)['epoch'] == 0
+    assert load_training_state(path)['epoch'] == 0
 
 
 def test_load_refuses_pickled_objects(tmp_path):
     torch.save({'args': argparse.Namespace(lr=0.1)}, tmp_path / 'unsafe.pth')
     with pytest.raises(Exception, match='weights_only'):
-        load_checkpoint(tmp_path / 'unsafe.pth')
+        load_training_state(tmp_path / 'unsafe.pth')
     with pytest.raises(FileNotFoundError, match='missing.pth'):
-        load_checkpoint(tmp_path / 'missing.pth')
+        load_training_state(tmp_path / 'missing.pth')

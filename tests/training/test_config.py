@@ -52,7 +52,7 @@ def test_overrides():
     (['sched.name=linear'], "sched.name: 'linear' is not one of 'cosine', 'step'"),
     (['data.dataset=folder'], "data.root: dataset 'folder' needs the ImageFolder root"),
     (['epochs=0'], 'epochs: must be >= 1, got 0'),
-    (['optim'], "--opt 'optim': expected key=value"),
+    (['optim'], "override: 'optim' is not key=value"),
     (['optim=3'], 'optim: expected a mapping of keys, got 3'),
 ])
 def test_bad_values_name_the_key(overrides, message):

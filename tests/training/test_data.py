@@ -12,7 +12,7 @@ from zoo.training.data import (
     create_train_transform,
     model_data_config,
 )
-from zoo.training.trainer import create_model
+from zoo.training.trainer import create_model_from_config
 
 from .helpers import TINY_VAN, make_image_folder
 
@@ -29,7 +29,7 @@ def test_digits_split_is_held_out_stratified_and_fixed():
 
 
 def test_transforms_come_from_the_model_cfg():
-    model = create_model(ModelConfig(name='zoo_van_b0', kwargs=TINY_VAN), num_classes=10)
+    model = create_model_from_config(ModelConfig(name='zoo_van_b0', kwargs=TINY_VAN), num_classes=10)
     data_config = model_data_config(model, image_size=24)
     assert data_config['input_size'] == (3, 24, 24)
     assert data_config['mean'] == (0.5, 0.5, 0.5)  # VAN's pretrained cfg, not ImageNet's default

@@ -5,14 +5,14 @@ import torch
 
 from zoo.training.config import ModelConfig
 from zoo.training.engine import evaluate, train_one_epoch
-from zoo.training.trainer import create_model
+from zoo.training.trainer import create_model_from_config
 
 from .helpers import TINY_VAN
 
 
 def _model(name='zoo_van_b0', kwargs=TINY_VAN):
     torch.manual_seed(0)
-    return create_model(ModelConfig(name=name, kwargs=kwargs), num_classes=3)
+    return create_model_from_config(ModelConfig(name=name, kwargs=kwargs), num_classes=3)
 
 
 def _batches(n, size):

@@ -3,9 +3,9 @@ import csv
 import pytest
 import torch
 
-from zoo.training.checkpoint import load_checkpoint
+from zoo.training.checkpoint import load_training_state
 from zoo.training.config import ConfigError, ModelConfig, load_config
-from zoo.training.trainer import create_model, resolve_amp_dtype, train
+from zoo.training.trainer import create_model_from_config, resolve_amp_dtype, train
 
 from .helpers import TINY_VAN_OPT, make_image_folder
 
@@ -34,7 +34,7 @@ def test_train_on_an_image_folder(tmp_path, overrides):
         steps = list(csv.DictReader(f))
     accum = cfg.optim.accum_steps
     assert len(steps) == 2 * -(-3 // accum)  # 12 images in batches of 4, grouped by accum_steps
-    checkpoint = load_checkpoint(out / 'last.pth')
+    checkpoint = load_training_state(out / 'last.pth')
     assert checkpoint['epoch'] == 1 and checkpoint['classes'] == ['blue', 'green', 'red']
     assert checkpoint['config']['model']['name'] == 'zoo_van_b0'
     assert (checkpoint['ema'] is not None) == cfg.ema.enabled
@@ -47,10 +47,11 @@ def test_train_on_an_image_folder(tmp_path, overrides):
 
 def test_create_model_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.name: 'zoo_nope' is not a registered model; zoo models: .*zoo_van_b0"):
-        create_model(ModelConfig(name='zoo_nope'))
+        create_model_from_config(ModelConfig(name='zoo_nope'))
     with pytest.raises(ConfigError, match="model.kwargs: {'widths': 3} not accepted by zoo_van_b0"):
-        create_model(ModelConfig(name='zoo_van_b0', kwargs={'widths': 3}))
-    model = create_model(ModelConfig(name='zoo_van_b0', kwargs={'depths': [1, 1, 1, 1]}, grad_checkpointing=True), 4)
+        create_model_from_config(ModelConfig(name='zoo_van_b0', kwargs={'widths': 3}))
+    cfg = ModelConfig(name='zoo_van_b0', kwargs={'depths': [1, 1, 1, 1]}, grad_checkpointing=True)
+    model = create_model_from_config(cfg, 4)
     assert model.num_classes == 4 and model.grad_checkpointing
 
 
@@ -72,7 +73,7 @@ def test_stop_after_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     train(full)
     cut = _folder_config(tmp_path / 'b', 'epochs=3', 'aug.mixup=0.5', 'model.kwargs.drop_path_rate=0.1')
     assert train(cut, stop_after_epoch=2)['epoch'] == 1
-    assert load_checkpoint(tmp_path / 'b' / 'out' / 'last.pth')['epoch'] == 1
+    assert load_training_state(tmp_path / 'b' / 'out' / 'last.pth')['epoch'] == 1
     train(cut, resume=tmp_path / 'b' / 'out' / 'last.pth')
     for name in ('steps.csv', 'summary.csv'):
         assert (tmp_path / 'b' / 'out' / name).read_text() == (tmp_path / 'a' / 'out' / name).read_text()

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['rng_state', 'set_rng_state', 'save_training_state', 'load_training_state']
 
 
 def rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
@@ -44,7 +44,7 @@ def set_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator] = 
         generator.set_state(state['generator'])
 
 
-def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
+def save_training_state(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Write `state` to `path` through a temporary file in the same folder, so `path` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +61,8 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     return path
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`, loaded without unpickling any object."""
+def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
+    """A checkpoint written by :func:`save_training_state`, loaded without unpickling any object."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')

@@ -267,7 +267,7 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     for item in overrides:
         key, sep, text = item.partition('=')
         if not sep or not key:
-            raise ConfigError(f'--opt {item!r}: expected key=value with a dotted key, e.g. optim.lr=0.01')
+            raise ConfigError(f'override: {item!r} is not key=value with a dotted key, e.g. optim.lr=0.01')
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -277,7 +277,7 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f'--opt {item!r}: {key} sets a key inside a value that is not a mapping')
+                raise ConfigError(f'override: {item!r} sets a key inside a value that is not a mapping')
         node[parts[-1]] = value
     return nested
 

@@ -21,19 +21,19 @@ from timm.utils import ModelEmaV3, random_seed, update_summary
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from .config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from .data import create_dataset, create_eval_transform, create_loader, create_train_transform, model_data_config
 from .engine import evaluate, train_one_epoch
 
-__all__ = ['create_model', 'resolve_device', 'resolve_amp_dtype', 'train']
+__all__ = ['create_model_from_config', 'resolve_device', 'resolve_amp_dtype', 'train']
 
 _logger = logging.getLogger(__name__)
 
 DIGITS_IMAGE_SIZE = 32  # the digits' stored size when data.image_size is not set; transforms resize anyway
 
 
-def create_model(cfg: ModelConfig, num_classes: Optional[int] = None, **kwargs) -> torch.nn.Module:
+def create_model_from_config(cfg: ModelConfig, num_classes: Optional[int] = None, **kwargs) -> torch.nn.Module:
     """The model `cfg` names, with config errors (unknown name, bad kwargs) raised as :class:`ConfigError`."""
     if not timm.is_model(cfg.name):
         zoo_names = ', '.join(timm.list_models('zoo_*'))
@@ -128,7 +128,7 @@ def train(
     time-sliced job) with a checkpoint to resume from.
     """
     if stop_after_epoch is not None and stop_after_epoch < 1:
-        raise ConfigError(f'--stop-after-epoch: must be >= 1, got {stop_after_epoch}')
+        raise ConfigError(f'stop_after_epoch: must be >= 1, got {stop_after_epoch}')
     dist_info = init_distributed_device_so(resolve_device(cfg.device))
     device = torch.device(dist_info['device'])
     distributed, rank = dist_info['distributed'], dist_info['global_rank']
@@ -145,7 +145,7 @@ def train(
     val_set = create_dataset(cfg.data, 'val', None, digits_size)
     num_classes = len(train_set.classes)
 
-    model = create_model(cfg.model, num_classes=num_classes)
+    model = create_model_from_config(cfg.model, num_classes=num_classes)
     data_config = model_data_config(model, cfg.data.image_size)
     train_set.transform = create_train_transform(data_config, cfg.aug)
     val_set.transform = create_eval_transform(data_config)
@@ -190,7 +190,7 @@ def train(
 
     start_epoch, num_updates, best_top1 = 0, 0, -1.
     if resume:
-        checkpoint = load_checkpoint(resume)
+        checkpoint = load_training_state(resume)
         model.load_state_dict(checkpoint['model'])
         optimizer.load_state_dict(checkpoint['optimizer'])
         if scheduler is not None and checkpoint.get('scheduler') is not None:
@@ -264,9 +264,9 @@ def train(
                         'ema': model_ema.state_dict() if model_ema is not None else None,
                         'rng': rng, 'metrics': eval_metrics, 'best_top1': best_top1,
                     }
-                    save_checkpoint(state, output / 'last.pth')
+                    save_training_state(state, output / 'last.pth')
                     if improved:
-                        save_checkpoint(state, output / 'best.pth')
+                        save_training_state(state, output / 'best.pth')
             if stopping:
                 break
     finally:
