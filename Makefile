@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,train
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: venv test lint clean demo bench bench-kernels bench-kernels-gpu aot
+.PHONY: venv test lint clean demo bench bench-kernels bench-kernels-gpu bench-kernels-load bench-plots aot
 
 $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,23 @@ bench-kernels-gpu: venv
 		grep -q '^device: cuda' $$case || continue; echo "## $$case"; \
 		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --runs 10 --warmup 3 || exit 1; \
 	done
+
+# bench-kernels under contention: every CPU case idle, then while a process the harness starts and stops keeps
+# LOAD threads busy (as dataloader workers or a second DDP rank do); prints each speed-up over its anchors in
+# both and the share kept (goal >= 2/3). LOAD defaults to every core.
+LOAD ?= $(shell nproc 2>/dev/null || echo 2)
+bench-kernels-load: venv
+	@for case in configs/benchmarks/kernels/*/*.yaml; do \
+		grep -q '^device: cuda' $$case && continue; echo "## $$case"; \
+		$(OFFLINE) $(BIN)/python tools/benchmark.py --case $$case --runs 5 --warmup 1 --compare-load $(LOAD) || exit 1; \
+	done
+
+# Every family (its smallest variant with weights) beside its anchors (timm's model of the same name, or those in
+# configs/benchmarks/models/<family>.yaml) at 224, 512, 800 and 1024 on the CPU, batch 1: model_cards/bench/
+# results.csv, <family>.png and overview.png, each stating the machine, threads and date. Long: run it on an idle
+# machine. `tools/benchmark.py --render model_cards/bench/results.csv` redraws the plots without measuring.
+bench-plots: venv
+	$(OFFLINE) $(BIN)/python tools/benchmark.py --families --runs 5 --warmup 1 --out-dir model_cards/bench
 
 # Compile every Triton kernel for sm_80 and sm_90 without a GPU: registers, spills, shared memory, wgmma.
 aot: venv

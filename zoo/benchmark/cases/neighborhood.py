@@ -29,8 +29,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from kernels import use_backend
-from kernels.neighborhood import neighborhood_attention
+from kernels import neighborhood_attention, use_backend
 
 __all__ = ['transnext_native', 'transnext_unfold', 'transnext_cpu', 'transnext_triton', 'transnext_op',
            'cpb_axis_index', 'transnext_cpb_cpu', 'transnext_cpb_triton', 'transnext_cpb_unfold',

@@ -27,8 +27,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from kernels import use_backend
-from kernels.routing import region_topk, routed_attention, sparse_attention
+from kernels import region_topk, routed_attention, sparse_attention, use_backend
 
 __all__ = ['biformer_cpu', 'biformer_triton', 'biformer_reference', 'biformer_legacy', 'sparse_cpu',
            'sparse_triton', 'sparse_reference', 'sparsifiner_dense_masked']

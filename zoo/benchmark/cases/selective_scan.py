@@ -1,9 +1,9 @@
 """Benchmark cases for kernels.selective_scan: candidates and anchors that take random float tensors.
 
-tools/benchmark.py fills every tensor with randn, so each function here builds a well-posed Mamba call from them
-the same way: A = -exp(A_log), delta (+ delta_bias, softplus) as Mamba's dt, everything else as given. Multi-order
-cases build their orders deterministically inside (Vim: forward + reversed; PlainMamba: four zig-zags; both are
-timed with the index table cached, as a model holds it).
+The harness (zoo.benchmark) fills every tensor with randn, so each function here builds a well-posed Mamba call
+from them the same way: A = -exp(A_log), delta (+ delta_bias, softplus) as Mamba's dt, everything else as given.
+Multi-order cases build their orders deterministically inside (Vim: forward + reversed; PlainMamba: four
+zig-zags; both are timed with the index table cached, as a model holds it).
 
 Anchors:
   ``sequential``: the fair sequential scan: per-step decays and inputs precomputed for the whole sequence, the
@@ -18,9 +18,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from kernels import use_backend
+from kernels import selective_scan, use_backend
+
+# the torch_chunked anchor times the cpu backend's PyTorch fallback, which has no public entry
 from kernels.selective_scan import cpu as _cpu
-from kernels.selective_scan import selective_scan
 
 # ----------------------------------------------------------------------------------------------------------- orders
 

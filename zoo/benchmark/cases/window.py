@@ -1,7 +1,7 @@
 """Benchmark wrappers for window_attention: one signature for the op, its reference and timm's MaxViT path.
 
 All take ``(q, k, v[, table], *, window_size, grid)`` with q, k, v (B, heads, H, W, D) and an optional
-(heads, 2w-1, 2w-1) relative position table, so tools/benchmark.py can pass the tensors positionally.
+(heads, 2w-1, 2w-1) relative position table, so the harness (zoo.benchmark) can pass the tensors positionally.
 """
 from typing import Optional
 
@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from timm.layers.pos_embed_rel import generate_lookup_tensor, reindex_2d_einsum_lookup
 from timm.models.maxxvit import grid_partition, grid_reverse, window_partition, window_reverse
 
-from kernels import use_backend
-from kernels.window import window_attention
+from kernels import use_backend, window_attention
 
 __all__ = ['fused', 'reference', 'timm_partition_sdpa']
 
