@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -32,9 +32,18 @@ class ConvertedCheckpoint:
     num_tensors: int
 
 
+def _family_module(model_name: str):
+    return sys.modules[model_entrypoint(split_model_name_tag(model_name)[0]).__module__]
+
+
 def _filter_fn(model_name: str):
-    module = sys.modules[model_entrypoint(model_name).__module__]
-    return getattr(module, 'checkpoint_filter_fn', None)
+    return getattr(_family_module(model_name), 'checkpoint_filter_fn', None)
+
+
+def _state_dict_keys(model_name: str) -> Sequence[str]:
+    """The order in which the family picks the weights out of a training checkpoint (EMA first unless it says)."""
+    module = _family_module(model_name)
+    return getattr(module, 'STATE_DICT_KEYS', hub.DEFAULT_STATE_DICT_KEYS)
 
 
 def _describe(keys: List[str], limit: int = 8) -> str:
@@ -98,7 +107,10 @@ def convert_checkpoint(
             raise ConversionError(f'{model_name} has no pretrained weight source, so it has no place in a mirror')
         dst = hub.mirror_path(cfg.to_dict(), root=mirror)
     dst = Path(dst)
-    tensors = map_checkpoint(model_name, hub.load_checkpoint(src), **model_kwargs)
+    if split_model_name_tag(model_name)[0] not in timm.list_models('zoo_*'):
+        raise ConversionError(f'Unknown zoo model {model_name!r}; choose one of zoo.list_models()')
+    state_dict = hub.load_checkpoint(src, _state_dict_keys(model_name))
+    tensors = map_checkpoint(model_name, state_dict, **model_kwargs)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=dst.name + '.', suffix='.partial', dir=dst.parent)

@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 import torch
@@ -35,7 +35,7 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import get_cache_dir
 
 __all__ = [
-    'WEIGHTS_DIR_ENV', 'SAFE_GLOBALS', 'WeightsNotFoundError', 'CorruptWeightsError',
+    'WEIGHTS_DIR_ENV', 'SAFE_GLOBALS', 'DEFAULT_STATE_DICT_KEYS', 'WeightsNotFoundError', 'CorruptWeightsError',
     'register_sha256s', 'expected_sha256', 'weight_location', 'mirror_path', 'resolve_weights',
     'read_checkpoint', 'load_checkpoint', 'unwrap_state_dict', 'build_model_with_cfg', 'file_sha256',
 ]
@@ -60,7 +60,7 @@ class _ConfigAsDict:
 SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
 
 # Checkpoint keys that wrap the state dict, in order of preference (EMA first, as timm does).
-_STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+DEFAULT_STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 
 _SHA256: Dict[str, str] = {}
 
@@ -201,11 +201,11 @@ def _download_url(url: str, location: str, cache_dir) -> Path:
     return target
 
 
-def unwrap_state_dict(checkpoint: Any) -> Any:
-    """The state dict a training checkpoint nests under one of :data:`_STATE_DICT_KEYS` (EMA first, as timm
-    does), or the checkpoint itself when it nests none."""
+def unwrap_state_dict(checkpoint: Any, keys: Sequence[str] = DEFAULT_STATE_DICT_KEYS) -> Any:
+    """The state dict a training checkpoint nests under the first of `keys` it has (by default
+    :data:`DEFAULT_STATE_DICT_KEYS`, EMA first, as timm does), or the checkpoint itself when it nests none."""
     if isinstance(checkpoint, dict):
-        for key in _STATE_DICT_KEYS:
+        for key in keys:
             if isinstance(checkpoint.get(key), dict):
                 return checkpoint[key]
     return checkpoint
@@ -231,13 +231,15 @@ def read_checkpoint(path: Union[str, Path]) -> Any:
             f'Expected a safetensors file or a torch checkpoint of tensors (it may be truncated or corrupt).') from e
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint safely and return its (unwrapped, ``module.``-free) state dict."""
-    checkpoint = unwrap_state_dict(read_checkpoint(path))
+def load_checkpoint(
+        path: Union[str, Path], state_dict_keys: Sequence[str] = DEFAULT_STATE_DICT_KEYS) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint safely and return its state dict, unwrapped (:func:`unwrap_state_dict` with
+    `state_dict_keys`) and ``module.``-free."""
+    checkpoint = unwrap_state_dict(read_checkpoint(path), state_dict_keys)
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CorruptWeightsError(
             f'Weights file {path} holds no state dict: expected a dict of tensors, optionally under one of '
-            f'{_STATE_DICT_KEYS}, got {type(checkpoint).__name__}')
+            f'{tuple(state_dict_keys)}, got {type(checkpoint).__name__}')
     return clean_state_dict(checkpoint)
 
 
@@ -258,19 +260,23 @@ def build_model_with_cfg(
         pretrained_cfg: Optional[Any] = None,
         pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
         cache_dir: Optional[Union[str, Path]] = None,
+        state_dict_keys: Sequence[str] = DEFAULT_STATE_DICT_KEYS,
         **kwargs,
 ) -> torch.nn.Module:
     """timm's ``build_model_with_cfg`` with the zoo's weight resolution and safe loading.
 
-    Takes exactly timm's arguments (``pretrained_filter_fn``, ``feature_cfg``, ...); only where the
-    state dict comes from differs.
+    Takes timm's arguments (``pretrained_filter_fn``, ``feature_cfg``, ...); only where the state dict comes
+    from differs. `state_dict_keys`: the keys a training checkpoint may nest the weights under, in order of
+    preference (a family whose authors evaluate ``model`` rather than ``model_ema`` says so here, and names the
+    same order ``STATE_DICT_KEYS`` in its module for tools/convert.py).
     """
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
         if cfg.get('state_dict') is None:
             path = resolve_weights(cfg, cache_dir=cache_dir)
-            pretrained_cfg_overlay = dict(pretrained_cfg_overlay or {}, state_dict=load_checkpoint(path))
+            state_dict = load_checkpoint(path, state_dict_keys)
+            pretrained_cfg_overlay = dict(pretrained_cfg_overlay or {}, state_dict=state_dict)
     model = _timm_build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_cfg=pretrained_cfg,

@@ -65,6 +65,29 @@ def input_for(model, size=SIZE, batch=BATCH):
     return torch.randn(batch, in_chans, *((size, size) if isinstance(size, int) else size))
 
 
+def is_plain(model) -> bool:
+    """Isotropic models (ViT-like) give every intermediate at one stride; hierarchical ones at strides 4..32."""
+    return len({info['reduction'] for info in model.feature_info}) == 1
+
+
+def feature_hw(model, size):
+    """The (H, W) of a feature map for an input of `size`: the patch grid of a plain model (its patch embedding
+    says, for overlapping patches too), else the input size over the level's reduction, rounded up."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    patch_embed = getattr(model, 'patch_embed', None)
+    if is_plain(model) and hasattr(patch_embed, 'dynamic_feat_size'):
+        return tuple(patch_embed.dynamic_feat_size(size))
+    reduction = model.feature_info[-1]['reduction']
+    return tuple(math.ceil(s / reduction) for s in size)
+
+
+def level_hw(model, info, size):
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if is_plain(model):
+        return feature_hw(model, size)
+    return tuple(math.ceil(s / info['reduction']) for s in size)
+
+
 def head_width(model):
     """Width of the pooled pre-logits: num_features, or the head MLP's width where the head has one."""
     return getattr(model, 'head_hidden_size', None) or model.num_features
@@ -99,8 +122,7 @@ def test_default_cfg(model):
     assert cfg['num_classes'] == model.num_classes
     assert model.num_features == model.feature_info[-1]['num_chs']
     # pool_size is the final feature map at the cfg's input size
-    reduction = model.feature_info[-1]['reduction']
-    assert tuple(cfg['pool_size']) == tuple(math.ceil(s / reduction) for s in cfg['input_size'][1:])
+    assert tuple(cfg['pool_size']) == feature_hw(model, cfg['input_size'][1:])
     params = dict(model.named_parameters())
     first_convs = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
     for conv in first_convs:
@@ -126,8 +148,11 @@ def test_reset_classifier(light_model):
     assert model(x).shape == (BATCH, head_width(model))
     model.reset_classifier(0, '')
     out = model(x)
-    channel_dim = -1 if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else 1
-    assert out.ndim == 4 and out.shape[channel_dim] == head_width(model)
+    if is_plain(model):  # the tokens, (B, L, C), as timm's ViTs
+        assert out.ndim == 3 and out.shape[-1] == head_width(model)
+    else:
+        channel_dim = -1 if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else 1
+        assert out.ndim == 4 and out.shape[channel_dim] == head_width(model)
     model.reset_classifier(7, 'avg')
     assert model(x).shape == (BATCH, 7)
 
@@ -148,7 +173,7 @@ def test_forward_intermediates(model):
     torch.testing.assert_close(final, model.forward_features(x))
     assert len(intermediates) == len(model.feature_info)
     for feat, info in zip(intermediates, model.feature_info):
-        assert feat.shape == (BATCH, info['num_chs'], SIZE // info['reduction'], SIZE // info['reduction'])
+        assert feat.shape == (BATCH, info['num_chs'], *level_hw(model, info, SIZE))
     only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
     assert len(only) == 2
     torch.testing.assert_close(only[1], intermediates[2])
@@ -177,14 +202,17 @@ def test_features_only(light_model):
     features = backbone(x)
     info = backbone.feature_info
     assert len(features) == len(info.out_indices) == 4
-    assert info.reduction() == [4, 8, 16, 32]
-    for feat, channels, reduction in zip(features, info.channels(), info.reduction()):
-        assert feat.shape == (BATCH, channels, SIZE // reduction, SIZE // reduction), 'features are NCHW'
-    _, intermediates = model.forward_intermediates(x)
+    if is_plain(model):  # stride-16 (or 8) intermediates of four blocks; zoo.mm builds the pyramid
+        assert len(set(info.reduction())) == 1
+    else:
+        assert info.reduction() == [4, 8, 16, 32]
+    for feat, channels, level in zip(features, info.channels(), info.get_dicts()):
+        assert feat.shape == (BATCH, channels, *level_hw(model, level, SIZE)), 'features are NCHW'
+    intermediates = model.forward_intermediates(x, indices=list(info.out_indices), intermediates_only=True)
     for feat, expected in zip(features, intermediates):
         torch.testing.assert_close(feat, expected)
 
-    subset = create(name, features_only=True, out_indices=(1, 3)).eval()
+    subset = create(name, features_only=True, out_indices=tuple(info.out_indices)[1::2]).eval()
     assert subset.feature_info.reduction() == info.reduction()[1::2]
     for feat, expected in zip(subset(x), features[1::2]):
         torch.testing.assert_close(feat, expected)
@@ -232,8 +260,7 @@ def test_odd_input_size(model):
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
     _, intermediates = model.forward_intermediates(x)
     for feat, info in zip(intermediates, model.feature_info):
-        expected = tuple(math.ceil(s / info['reduction']) for s in ODD_SIZE)
-        assert tuple(feat.shape[-2:]) == expected
+        assert tuple(feat.shape[-2:]) == level_hw(model, info, ODD_SIZE)
 
 
 @pytest.mark.parametrize('name', LIGHT_MODELS)
@@ -280,6 +307,7 @@ def test_state_dict_round_trip_and_pretrained_file(light_model, tmp_path):
     torch.testing.assert_close(loaded(x), expected)
     features = timm.create_model(
         name, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
-    _, intermediates = source.forward_intermediates(x)
+    intermediates = source.forward_intermediates(
+        x, indices=list(features.feature_info.out_indices), intermediates_only=True)
     for feat, ref in zip(features(x), intermediates):
         torch.testing.assert_close(feat, ref)
