@@ -3,45 +3,63 @@
 Designed so that TransNeXt's aggregated attention (arXiv 2311.17132, DaiShiResearch/TransNeXt
 ``classification/attention_native.py``) runs fully through this op, without unfolding keys.
 """
-import math
-from typing import Optional, Tuple, Union
+import numbers
+from typing import List, Optional, Tuple, Union
 
 import torch
 
-from kernels.backend import dispatch
-
-from . import cpu, reference
+from .. import checks
+from ..backend import requested_backend
+from ..library import Operator, Recompute, empty_stats, fx_leaf, lazy_module
+from . import cpu, limits, reference
 
 __all__ = ['neighborhood_attention']
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TENSORS = ('qs', 'q', 'k', 'v', 'rel_pos_bias', 'extra_k', 'extra_v', 'extra_bias', 'learnable_tokens',
+            'learnable_bias', 'extra_bias_table')
 
 
-def _triton_impl(*args, **kwargs):
-    from . import triton as triton_backend  # imported only when the triton backend is chosen
-    return triton_backend.neighborhood_attention(*args, **kwargs)
+def _reference(qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias,
+               extra_bias_table, index_h, index_w, kernel_size, dilation) -> torch.Tensor:
+    return reference.attend(qs, q, k, v, kernel_size, dilation, rel_pos_bias, extra_k, extra_v, extra_bias,
+                            learnable_tokens, learnable_bias, extra_bias_table, index_h, index_w)
 
 
-def _describe(name: str, t: torch.Tensor) -> str:
-    return f'{name} of shape {tuple(t.shape)} and dtype {t.dtype} on {t.device}'
+def _fake(backend: str, qs: torch.Tensor, v: torch.Tensor, **_) -> Tuple[torch.Tensor, torch.Tensor]:
+    b, heads, height, width, _d = qs.shape
+    out = v.new_empty(v.shape)
+    if backend == 'cpu':  # log-sum-exp per query
+        return out, qs.new_empty(b, heads, height, width)
+    if backend == 'triton':
+        return out, qs.new_empty(b, heads, height * width, dtype=torch.float32)
+    return out, empty_stats(qs)
 
 
-def _check_tensor(name: str, t: object, q: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
-    if t.dtype != q.dtype:
-        raise TypeError(f'{_describe(name, t)}: expected dtype {q.dtype} (the dtype of q)')
-    if t.device != q.device:
-        raise ValueError(f'{_describe(name, t)}: expected device {q.device} (the device of q)')
+def _gradients(**kwargs) -> List[str]:
+    """The tensors given, but the raw q only with learnable tokens (the only term it feeds)."""
+    return [n for n in _TENSORS if kwargs[n] is not None and (n != 'q' or kwargs['learnable_tokens'] is not None)]
+
+
+_OP = Operator(
+    'neighborhood_attention',
+    '(Tensor qs, Tensor q, Tensor k, Tensor v, Tensor? rel_pos_bias, Tensor? extra_k, Tensor? extra_v, '
+    'Tensor? extra_bias, Tensor? learnable_tokens, Tensor? learnable_bias, Tensor? extra_bias_table, '
+    'Tensor? index_h, Tensor? index_w, int kernel_size, int dilation) -> (Tensor, Tensor)',
+    differentiable=_TENSORS, n_outputs=1,
+    backends={'reference': Recompute(_reference, _TENSORS), 'cpu': cpu,
+              'triton': lazy_module('kernels.neighborhood.triton')},
+    triton_limit=lambda qs, **_: limits.triton_limit(qs), fake=_fake, decomposition=_reference,
+    gradients=_gradients)
+
+
+def _optional(name: str, t: object, q: torch.Tensor, layout: str) -> Optional[torch.Tensor]:
+    """None, or a tensor with q's dtype and device."""
+    if checks.optional_tensor(name, t, layout) is not None:
+        checks.like(name, t, 'q', q)
     return t
 
 
-def _check_shape(name: str, t: torch.Tensor, allowed: list, what: str) -> None:
-    if tuple(t.shape) not in [tuple(a) for a in allowed]:
-        raise ValueError(f'{_describe(name, t)}: expected {what}')
-
-
-def _check_bias_table(table: Optional[torch.Tensor], index: object, extra_bias: Optional[torch.Tensor],
+def _check_bias_table(table: torch.Tensor, index: object, extra_bias: Optional[torch.Tensor],
                       extra_k: Optional[torch.Tensor], q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if table is None or index is None:
         raise ValueError('extra_bias_table and extra_bias_index must be given together')
@@ -49,32 +67,30 @@ def _check_bias_table(table: Optional[torch.Tensor], index: object, extra_bias: 
         raise ValueError('extra_bias_table needs extra_k and extra_v')
     if extra_bias is not None:
         raise ValueError('give either extra_bias or extra_bias_table/extra_bias_index, not both')
-    _check_tensor('extra_bias_table', table, q)
     heads, height, width, num_extra = q.shape[1], q.shape[2], q.shape[3], extra_k.shape[2]
+    _optional('extra_bias_table', table, q, '(heads, Th, Tw)')
     if table.dim() != 3 or table.shape[0] != heads or min(table.shape) < 1:
-        raise ValueError(f'{_describe("extra_bias_table", table)}: expected ({heads}, Th, Tw) = (heads, Th, Tw)')
+        raise ValueError(f'extra_bias_table must be (heads, Th, Tw) = ({heads}, Th, Tw) with Th, Tw >= 1, got shape '
+                         f'{checks.shape_str(table)}')
     if not isinstance(index, (tuple, list)) or len(index) != 2:
         raise TypeError(f'extra_bias_index must be a pair (index_h, index_w) of integer tensors, got {index!r:.80}')
     out = []
     for name, idx, size, limit in (('index_h', index[0], height, table.shape[1]),
                                    ('index_w', index[1], width, table.shape[2])):
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f'extra_bias_index {name} must be an int32/int64 tensor, got '
-                            f'{idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__}')
-        if idx.device != q.device:
-            raise ValueError(f'{_describe(name, idx)}: expected device {q.device} (the device of q)')
+        checks.tensor(name, idx, '(H or W, pooled size along that axis)', dtypes=checks.INDICES)
+        checks.same_device(name, idx, 'q', q)
         if idx.dim() != 2 or idx.shape[0] != size:
-            raise ValueError(f'{_describe(name, idx)}: expected ({size}, P) = (H or W, pooled size along that axis)')
-        # meta tensors (shape-only model construction and FLOP counting) have no values to check
-        if idx.numel() and idx.device.type != 'meta' and (int(idx.min()) < 0 or int(idx.max()) >= limit):
-            raise ValueError(f'{_describe(name, idx)}: values must lie in [0, {limit}), the table\'s size there')
-        out.append(idx.long())
+            raise ValueError(f'{name} must be ({size}, P) = (H or W, pooled size along that axis), got shape '
+                             f'{checks.shape_str(idx)}')
+        checks.index_values(name, idx, 0, limit)
+        out.append(idx)
     if out[0].shape[1] * out[1].shape[1] != num_extra:
         raise ValueError(f'extra_bias_index pooled sizes {out[0].shape[1]} x {out[1].shape[1]} must multiply to the '
                          f'number of extra keys M = {num_extra}')
-    return out[0], out[1]
+    return out[0].long(), out[1].long()
 
 
+@fx_leaf
 def neighborhood_attention(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, *, dilation: int = 1,
         rel_pos_bias: Optional[torch.Tensor] = None, extra_k: Optional[torch.Tensor] = None,
@@ -129,7 +145,12 @@ def neighborhood_attention(
     and computes the scores, the joint softmax and both value aggregations. Returns (B, heads, H, W, D).
 
     Dtypes: all tensors share q's dtype and device; float32/float64 on CPU, float16/bfloat16/float32 on CUDA.
-    Gradients flow to every tensor argument on every backend.
+    Head dims up to 64 on Triton (:mod:`kernels.neighborhood.limits`; beyond, ``auto`` runs the cpu path).
+    Gradients flow to every tensor argument on every backend. An empty batch (B = 0) gives an empty output.
+
+    Operator: ``torch.ops.zoo.neighborhood_attention`` (:mod:`kernels.library`) after the elementwise prologue
+    (``scaled_query``, plain PyTorch): one node under torch.compile, torch.export and FX; ONNX export decomposes it
+    into the reference (unfold) math.
 
     Complexity: O(B * heads * N * (L + M) * D) time. The reference materialises L copies of K and V and the
     (N, L + M) scores; ``cpu`` keeps O(B * heads * rows * W * (L + M)) scores per chunk of query rows (16 MiB
@@ -139,107 +160,89 @@ def neighborhood_attention(
     (``extra_bias_table``) keeps the bias and its gradient at the table's size (cpu: gathered per chunk;
     triton: gathered in-kernel, gradient by atomic adds).
     """
-    for name, t in (('q', q), ('k', k), ('v', v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
-    if q.dim() != 5:
-        raise ValueError(f'{_describe("q", q)}: expected 5 dims (B, heads, H, W, D)')
-    if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'{_describe("q", q)}: expected a floating dtype (float16, bfloat16, float32, float64)')
+    layout = '(B, heads, H, W, D)'
+    checks.tensor('q', q, layout, ndim=5)
+    checks.tensor('k', k, layout)
+    checks.tensor('v', v, layout)
     b, heads, height, width, d = q.shape
-    if min(q.shape) < 1:
-        raise ValueError(f'{_describe("q", q)}: every dimension must be >= 1')
+    if min(q.shape[1:]) < 1:
+        raise ValueError(f'q must be {layout} with heads, H, W, D >= 1 (B may be 0), got shape {checks.shape_str(q)}')
     for name, t in (('k', k), ('v', v)):
-        _check_tensor(name, t, q)
-        _check_shape(name, t, [q.shape], f'the shape of q {tuple(q.shape)}')
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        checks.like(name, t, 'q', q)
+        checks.expect_shape(name, t, tuple(q.shape), f'the shape of q {layout}')
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
         raise ValueError(f'kernel_size must be an odd int >= 1, got {kernel_size!r}')
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f'dilation must be an int >= 1, got {dilation!r}')
+    kernel_size = int(kernel_size)
+    dilation = checks.integer('dilation', dilation, 1)
     local_len = kernel_size ** 2
-    tensors = [q, k, v]
 
-    if rel_pos_bias is not None:
-        _check_tensor('rel_pos_bias', rel_pos_bias, q)
-        _check_shape('rel_pos_bias', rel_pos_bias, [(heads, local_len), (heads, kernel_size, kernel_size)],
-                     f'({heads}, {local_len}) or ({heads}, {kernel_size}, {kernel_size}) = (heads, kernel_size**2)')
+    if _optional('rel_pos_bias', rel_pos_bias, q, '(heads, kernel_size**2)') is not None:
+        checks.expect_shape('rel_pos_bias', rel_pos_bias, [(heads, local_len), (heads, kernel_size, kernel_size)],
+                            '(heads, kernel_size**2) or (heads, kernel_size, kernel_size)')
         rel_pos_bias = rel_pos_bias.reshape(heads, local_len)
-        tensors.append(rel_pos_bias)
 
     if (extra_k is None) != (extra_v is None):
         raise ValueError('extra_k and extra_v must be given together (both (B, heads, M, D)) or not at all')
     num_extra = 0
     if extra_k is not None:
-        _check_tensor('extra_k', extra_k, q)
-        _check_tensor('extra_v', extra_v, q)
+        _optional('extra_k', extra_k, q, '(B, heads, M, D)')
+        _optional('extra_v', extra_v, q, '(B, heads, M, D)')
         if extra_k.dim() != 4 or extra_k.shape[:2] != (b, heads) or extra_k.shape[3] != d or extra_k.shape[2] < 1:
-            raise ValueError(f'{_describe("extra_k", extra_k)}: expected ({b}, {heads}, M, {d}) = (B, heads, M, D)')
+            raise ValueError(f'extra_k must be (B, heads, M, D) = ({b}, {heads}, M, {d}) with M >= 1, got shape '
+                             f'{checks.shape_str(extra_k)}')
         num_extra = extra_k.shape[2]
-        _check_shape('extra_v', extra_v, [extra_k.shape], f'the shape of extra_k {tuple(extra_k.shape)}')
-        tensors += [extra_k, extra_v]
+        checks.expect_shape('extra_v', extra_v, tuple(extra_k.shape), 'the shape of extra_k (B, heads, M, D)')
     if extra_bias is not None:
         if extra_k is None:
             raise ValueError('extra_bias needs extra_k and extra_v')
-        _check_tensor('extra_bias', extra_bias, q)
+        _optional('extra_bias', extra_bias, q, '(1|B, heads, H*W, M)')
         n = height * width
-        _check_shape('extra_bias', extra_bias, [(heads, n, num_extra), (1, heads, n, num_extra),
-                                                (b, heads, n, num_extra)],
-                     f'({heads}, {n}, {num_extra}) or (1|{b}, {heads}, {n}, {num_extra}) = (B, heads, H*W, M)')
+        checks.expect_shape('extra_bias', extra_bias,
+                            [(heads, n, num_extra), (1, heads, n, num_extra), (b, heads, n, num_extra)],
+                            '(heads, H*W, M) or (1|B, heads, H*W, M)')
         if extra_bias.dim() == 3:
             extra_bias = extra_bias.unsqueeze(0)
-        tensors.append(extra_bias)
 
     if extra_bias_table is not None or extra_bias_index is not None:
         extra_bias_index = _check_bias_table(extra_bias_table, extra_bias_index, extra_bias, extra_k, q)
-        tensors.append(extra_bias_table)
 
-    if scale is None:
-        scale = d ** -0.5
-    elif isinstance(scale, torch.Tensor):
-        _check_tensor('scale', scale, q)
+    if isinstance(scale, torch.Tensor):
+        checks.like('scale', scale, 'q', q)
         if scale.dim() == 1 and scale.shape[0] == heads:
             scale = scale.view(1, heads, 1, 1)
         else:
             try:
-                torch.broadcast_shapes(scale.shape, (b, heads, height, width))
                 ok = scale.dim() <= 4 and torch.broadcast_shapes(scale.shape, (b, heads, height, width)) == (
                     b, heads, height, width)
             except RuntimeError:
                 ok = False
             if not ok:
-                raise ValueError(f'{_describe("scale", scale)}: expected ({heads},) or a shape broadcastable to '
-                                 f'({b}, {heads}, {height}, {width}) = (B, heads, H, W)')
+                raise ValueError(f'scale must be ({heads},) = (heads,) or broadcastable to (B, heads, H, W) = '
+                                 f'({b}, {heads}, {height}, {width}), got shape {checks.shape_str(scale)}')
             scale = scale.reshape((1,) * (4 - scale.dim()) + tuple(scale.shape))
-        tensors.append(scale)
-    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        if not math.isfinite(scale):
-            raise ValueError(f'scale must be finite, got {scale!r}')
-        scale = float(scale)
+    elif scale is None or isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        scale = checks.scale(scale)
+        scale = d ** -0.5 if scale is None else scale
     else:
         raise TypeError(f'scale must be None, a float or a tensor, got {type(scale).__name__}')
 
-    if query_embedding is not None:
-        _check_tensor('query_embedding', query_embedding, q)
-        _check_shape('query_embedding', query_embedding, [(heads, d), (heads, 1, d)],
-                     f'({heads}, {d}) or ({heads}, 1, {d}) = (heads, D)')
+    if _optional('query_embedding', query_embedding, q, '(heads, D)') is not None:
+        checks.expect_shape('query_embedding', query_embedding, [(heads, d), (heads, 1, d)],
+                            '(heads, D) or (heads, 1, D)')
         query_embedding = query_embedding.reshape(heads, d)
-        tensors.append(query_embedding)
-    if not isinstance(length_scale, bool):
-        raise TypeError(f'length_scale must be a bool, got {type(length_scale).__name__}')
-    if learnable_tokens is not None:
-        _check_tensor('learnable_tokens', learnable_tokens, q)
-        _check_shape('learnable_tokens', learnable_tokens, [(heads, d, local_len)],
-                     f'({heads}, {d}, {local_len}) = (heads, D, kernel_size**2)')
-        tensors.append(learnable_tokens)
-    if learnable_bias is not None:
-        _check_tensor('learnable_bias', learnable_bias, q)
-        _check_shape('learnable_bias', learnable_bias, [(heads, local_len), (heads, 1, local_len)],
-                     f'({heads}, {local_len}) or ({heads}, 1, {local_len}) = (heads, kernel_size**2)')
+    checks.flag('length_scale', length_scale)
+    if _optional('learnable_tokens', learnable_tokens, q, '(heads, D, kernel_size**2)') is not None:
+        checks.expect_shape('learnable_tokens', learnable_tokens, (heads, d, local_len), '(heads, D, kernel_size**2)')
+    if _optional('learnable_bias', learnable_bias, q, '(heads, kernel_size**2)') is not None:
+        checks.expect_shape('learnable_bias', learnable_bias, [(heads, local_len), (heads, 1, local_len)],
+                            '(heads, kernel_size**2) or (heads, 1, kernel_size**2)')
         learnable_bias = learnable_bias.reshape(heads, local_len)
-        tensors.append(learnable_bias)
 
-    impl = dispatch('neighborhood_attention', {'reference': reference.neighborhood_attention,
-                                               'cpu': cpu.neighborhood_attention, 'triton': _triton_impl},
-                    *tensors)
-    return impl(q, k, v, kernel_size, dilation, rel_pos_bias, extra_k, extra_v, extra_bias, scale, query_embedding,
-                length_scale, learnable_tokens, learnable_bias, extra_bias_table, extra_bias_index)
+    # the elementwise prologue (plain PyTorch: autograd, compile and export see it), then the operator
+    qs = reference.scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation)
+    index_h, index_w = extra_bias_index if extra_bias_index is not None else (None, None)
+    return _OP(qs=qs, q=q, k=k, v=v, rel_pos_bias=rel_pos_bias, extra_k=extra_k, extra_v=extra_v,
+               extra_bias=extra_bias, learnable_tokens=learnable_tokens, learnable_bias=learnable_bias,
+               extra_bias_table=extra_bias_table, index_h=index_h, index_w=index_w, kernel_size=kernel_size,
+               dilation=dilation, backend=requested_backend())[0]

@@ -8,14 +8,12 @@ masked out of the softmax. Rows outside the image are skipped. Queries are proce
 so at most O(B * heads * rows * W * (L + M)) scores exist at a time; the backward recomputes them from the
 saved log-sum-exp instead of storing them.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .reference import scaled_query
-
-__all__ = ['neighborhood_attention']
+__all__ = ['forward', 'backward']
 
 # scores (or chunk temporaries) per chunk; 2**22 float32 = 16 MiB
 _CHUNK_ELEMENTS = 1 << 22
@@ -120,144 +118,149 @@ def _scores(qs: torch.Tensor, k_pad: torch.Tensor, rpb: Optional[torch.Tensor], 
     return s_loc, s_ext
 
 
-class _NeighborhoodAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, kernel_size: int, dilation: int,
-                blocked: bool):
-        b, h, height, width, d = qs.shape
-        local_len = kernel_size ** 2
-        num_extra = 0 if ek is None else ek.shape[2]
-        pad = (kernel_size // 2) * dilation
-        k_pad, v_pad = _pad_w(k, pad), _pad_w(v, pad)
-        out = torch.empty_like(v)
-        lse = qs.new_empty(b, h, height, width)
-        rows = _rows_per_chunk(b, h, height, width, d, local_len + num_extra)
-        for r0 in range(0, height, rows):
-            r1 = min(height, r0 + rows)
-            offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
-            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
-                                   offsets,
-                                   local_len)
-            m = s_loc.amax(2, keepdim=True)  # (B, h, 1, R, W)
-            if s_ext is not None:
-                m = torch.maximum(m, s_ext.amax(-1).view_as(m))
-            p_loc = s_loc.sub_(m).exp_()
-            denom = p_loc.sum(2, keepdim=True)
-            if s_ext is not None:
-                p_ext = s_ext.sub_(m.view(b, h, -1, 1)).exp_()
-                denom += p_ext.sum(-1).view_as(denom)
-                p_ext /= denom.view(b, h, -1, 1)
-            p_loc /= denom
-            lse[:, :, r0:r1] = (m + denom.log()).view(b, h, r1 - r0, width)
-            t = _local_weights(qt[:, :, r0:r1], lt, lb, local_len)
-            w_loc = p_loc if t is None else p_loc.add_(t)
-            out_chunk = out[:, :, r0:r1]
-            if ek is not None:
-                torch.matmul(p_ext, ev, out=out_chunk.view(b, h, -1, d))
-            else:
-                out_chunk.zero_()
-            for j, dy, kx, y0, y1, _x0, _x1 in offsets:  # padded values are zero: no column mask needed
-                out_chunk[:, :, y0 - r0:y1 - r0].addcmul_(
-                    w_loc[:, :, j, y0 - r0:y1 - r0, :, None], v_pad[:, :, y0 + dy:y1 + dy, kx:kx + width])
-        ctx.save_for_backward(qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, lse)
-        ctx.kernel_size, ctx.dilation, ctx.blocked = kernel_size, dilation, blocked
-        return out
+def _inputs(qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias,
+            extra_bias_table, index_h, index_w):
+    """The layouts the loops read: contiguous maps, extra keys, dense bias and table."""
+    def c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.contiguous()
 
-    @staticmethod
-    def backward(ctx, dout):
-        qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, lse = ctx.saved_tensors
-        kernel_size, dilation, blocked = ctx.kernel_size, ctx.dilation, ctx.blocked
-        b, h, height, width, d = qs.shape
-        local_len = kernel_size ** 2
-        num_extra = 0 if ek is None else ek.shape[2]
-        pad = (kernel_size // 2) * dilation
-        k_pad, v_pad = _pad_w(k, pad), _pad_w(v, pad)
-        dout = dout.contiguous()
-        need = ctx.needs_input_grad
-        dqs = torch.zeros_like(qs)
-        dk_pad, dv_pad = torch.zeros_like(k_pad), torch.zeros_like(v_pad)
-        dqt = torch.zeros_like(qt) if lt is not None and need[1] else None
-        drpb = torch.zeros_like(rpb) if rpb is not None else None
-        dek = torch.zeros_like(ek) if ek is not None else None
-        dev = torch.zeros_like(ev) if ev is not None else None
-        deb = torch.zeros_like(eb) if eb is not None and need[7] else None
-        dlt = torch.zeros_like(lt) if lt is not None else None
-        dlb = torch.zeros_like(lb) if lb is not None else None
-        debt = torch.zeros_like(ebt) if ebt is not None and need[10] else None
-        rows = _rows_per_chunk(b, h, height, width, d, local_len + num_extra)
-        for r0 in range(0, height, rows):
-            r1 = min(height, r0 + rows)
-            n0, n1 = r0 * width, r1 * width
-            offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
-            s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
-                                   offsets,
-                                   local_len)
-            chunk_lse = lse[:, :, None, r0:r1]  # (B, h, 1, R, W)
-            p_loc = s_loc.sub_(chunk_lse).exp_()  # (B, h, L, R, W), 0 outside the image
-            do_chunk = dout[:, :, r0:r1]
-            dp_loc = torch.zeros_like(p_loc)  # 0 outside the image: padded values are zero, rows are skipped
-            for j, dy, kx, y0, y1, _x0, _x1 in offsets:
-                torch.linalg.vecdot(do_chunk[:, :, y0 - r0:y1 - r0], v_pad[:, :, y0 + dy:y1 + dy, kx:kx + width],
-                                    out=dp_loc[:, :, j, y0 - r0:y1 - r0])
-            delta = (p_loc * dp_loc).sum(2, keepdim=True)  # (B, h, 1, R, W)
-            if ek is not None:
-                do_flat = do_chunk.reshape(b, h, -1, d)
-                p_ext = s_ext.sub_(chunk_lse.reshape(b, h, -1, 1)).exp_()
-                dp_ext = do_flat @ ev.transpose(-2, -1)
-                delta += (p_ext * dp_ext).sum(-1).view_as(delta)
-                ds_ext = dp_ext.sub_(delta.view(b, h, -1, 1)).mul_(p_ext)
-                q_flat = qs[:, :, r0:r1].reshape(b, h, -1, d)
-                torch.matmul(ds_ext, ek, out=dqs[:, :, r0:r1].view(b, h, -1, d))
-                dek += ds_ext.transpose(-2, -1) @ q_flat
-                dev += p_ext.transpose(-2, -1) @ do_flat
-                if deb is not None:
-                    deb[:, :, n0:n1] += ds_ext if deb.shape[0] == b else ds_ext.sum(0, keepdim=True)
-                if debt is not None and blocked:
-                    _blocked_view(debt, ih, iw)[:, r0:r1] += ds_ext.sum(0).view(
-                        h, r1 - r0, width, ih.shape[1], iw.shape[1]).permute(0, 1, 3, 2, 4)
-                elif debt is not None:
-                    debt.view(h, -1).index_add_(1, _table_index(ih, iw, ebt.shape[2], r0, r1),
-                                                ds_ext.sum(0).reshape(h, -1))
-            ds_loc = (dp_loc - delta).mul_(p_loc)
-            if drpb is not None:
-                drpb += ds_loc.sum((0, 3, 4))
-            t = _local_weights(qt[:, :, r0:r1], lt, lb, local_len)
-            w_loc = p_loc if t is None else p_loc.add_(t)  # p_loc is not needed after ds_loc
-            if lt is not None:  # dp_loc is also the gradient of the learnable weights (0 outside the image)
-                dt_flat = dp_loc.view(b, h, local_len, -1)
-                dlt += (dt_flat @ qt[:, :, r0:r1].reshape(b, h, -1, d)).sum(0).transpose(-2, -1)
-                if dqt is not None:
-                    dqt[:, :, r0:r1] += (dt_flat.transpose(-2, -1) @ lt.transpose(-2, -1).unsqueeze(0)).view(
-                        b, h, r1 - r0, width, d)
-            if dlb is not None:
-                dlb += dp_loc.sum((0, 3, 4)).view_as(dlb)
-            q_chunk, dqs_chunk = qs[:, :, r0:r1], dqs[:, :, r0:r1]
-            for j, dy, kx, y0, y1, _x0, _x1 in offsets:
-                ys, yk, xk = slice(y0 - r0, y1 - r0), slice(y0 + dy, y1 + dy), slice(kx, kx + width)
-                ds_j = ds_loc[:, :, j, ys, :, None]  # 0 where the neighbour is padding
-                dqs_chunk[:, :, ys].addcmul_(ds_j, k_pad[:, :, yk, xk])
-                dk_pad[:, :, yk, xk].addcmul_(ds_j, q_chunk[:, :, ys])
-                # w_loc is not 0 in padded columns (learnable weights): those land in dv_pad's padding, cropped
-                dv_pad[:, :, yk, xk].addcmul_(w_loc[:, :, j, ys, :, None], do_chunk[:, :, ys])
-        dk, dv = dk_pad[:, :, :, pad:pad + width], dv_pad[:, :, :, pad:pad + width]
-        return dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt, None, None, None, None, None
+    return (c(qs), c(q), c(k), c(v), rel_pos_bias, c(extra_k), c(extra_v), c(extra_bias), learnable_tokens,
+            learnable_bias, c(extra_bias_table), index_h, index_w)
 
 
-def neighborhood_attention(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1,
-        rel_pos_bias: Optional[torch.Tensor] = None, extra_k: Optional[torch.Tensor] = None,
-        extra_v: Optional[torch.Tensor] = None, extra_bias: Optional[torch.Tensor] = None,
-        scale: Union[float, torch.Tensor] = 1.0, query_embedding: Optional[torch.Tensor] = None,
-        length_scale: bool = False, learnable_tokens: Optional[torch.Tensor] = None,
-        learnable_bias: Optional[torch.Tensor] = None, extra_bias_table: Optional[torch.Tensor] = None,
-        extra_bias_index: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-    """Arguments already validated and normalised by :func:`kernels.neighborhood.neighborhood_attention`."""
-    num_extra = 0 if extra_k is None else extra_k.shape[2]
-    qs = scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation).contiguous()
-    index_h, index_w = extra_bias_index if extra_bias_index is not None else (None, None)
-    table = None if extra_bias_table is None else extra_bias_table.contiguous()
-    return _NeighborhoodAttention.apply(
-        qs, q.contiguous(), k.contiguous(), v.contiguous(), rel_pos_bias,
-        None if extra_k is None else extra_k.contiguous(), None if extra_v is None else extra_v.contiguous(),
-        None if extra_bias is None else extra_bias.contiguous(), learnable_tokens, learnable_bias,
-        table, index_h, index_w, kernel_size, dilation, _is_blocked(table, index_h, index_w))
+def forward(qs: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+            extra_k: Optional[torch.Tensor], extra_v: Optional[torch.Tensor], extra_bias: Optional[torch.Tensor],
+            learnable_tokens: Optional[torch.Tensor], learnable_bias: Optional[torch.Tensor],
+            extra_bias_table: Optional[torch.Tensor], index_h: Optional[torch.Tensor], index_w: Optional[torch.Tensor],
+            kernel_size: int, dilation: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, log-sum-exp (B, heads, H, W)); arguments as :mod:`kernels.neighborhood` passes them to its operator
+    (``qs`` the scaled query, ``q`` the raw one for the learnable tokens)."""
+    qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw = _inputs(
+        qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias, extra_bias_table,
+        index_h, index_w)
+    blocked = _is_blocked(ebt, ih, iw)
+    b, h, height, width, d = qs.shape
+    local_len = kernel_size ** 2
+    num_extra = 0 if ek is None else ek.shape[2]
+    pad = (kernel_size // 2) * dilation
+    k_pad, v_pad = _pad_w(k, pad), _pad_w(v, pad)
+    out = torch.empty_like(v)
+    lse = qs.new_empty(b, h, height, width)
+    rows = _rows_per_chunk(b, h, height, width, d, local_len + num_extra)
+    for r0 in range(0, height if b else 0, rows):  # an empty batch: nothing to compute
+        r1 = min(height, r0 + rows)
+        offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
+        s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
+                               offsets,
+                               local_len)
+        m = s_loc.amax(2, keepdim=True)  # (B, h, 1, R, W)
+        if s_ext is not None:
+            m = torch.maximum(m, s_ext.amax(-1).view_as(m))
+        p_loc = s_loc.sub_(m).exp_()
+        denom = p_loc.sum(2, keepdim=True)
+        if s_ext is not None:
+            p_ext = s_ext.sub_(m.view(b, h, -1, 1)).exp_()
+            denom += p_ext.sum(-1).view_as(denom)
+            p_ext /= denom.view(b, h, -1, 1)
+        p_loc /= denom
+        lse[:, :, r0:r1] = (m + denom.log()).view(b, h, r1 - r0, width)
+        t = _local_weights(qt[:, :, r0:r1], lt, lb, local_len)
+        w_loc = p_loc if t is None else p_loc.add_(t)
+        out_chunk = out[:, :, r0:r1]
+        if ek is not None:
+            torch.matmul(p_ext, ev, out=out_chunk.view(b, h, -1, d))
+        else:
+            out_chunk.zero_()
+        for j, dy, kx, y0, y1, _x0, _x1 in offsets:  # padded values are zero: no column mask needed
+            out_chunk[:, :, y0 - r0:y1 - r0].addcmul_(
+                w_loc[:, :, j, y0 - r0:y1 - r0, :, None], v_pad[:, :, y0 + dy:y1 + dy, kx:kx + width])
+    return out, lse
+
+
+def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], qs: torch.Tensor,
+             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+             extra_k: Optional[torch.Tensor], extra_v: Optional[torch.Tensor], extra_bias: Optional[torch.Tensor],
+             learnable_tokens: Optional[torch.Tensor], learnable_bias: Optional[torch.Tensor],
+             extra_bias_table: Optional[torch.Tensor], index_h: Optional[torch.Tensor], index_w: Optional[torch.Tensor],
+             kernel_size: int, dilation: int) -> List[Optional[torch.Tensor]]:
+    """Gradients of (qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias,
+    extra_bias_table): the scores of each chunk recomputed from the saved log-sum-exp."""
+    qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw = _inputs(
+        qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias, extra_bias_table,
+        index_h, index_w)
+    blocked = _is_blocked(ebt, ih, iw)
+    lse = outputs[1]
+    dout = grads[0]
+    b, h, height, width, d = qs.shape
+    local_len = kernel_size ** 2
+    num_extra = 0 if ek is None else ek.shape[2]
+    pad = (kernel_size // 2) * dilation
+    k_pad, v_pad = _pad_w(k, pad), _pad_w(v, pad)
+    dout = dout.contiguous()
+    dqs = torch.zeros_like(qs)
+    dk_pad, dv_pad = torch.zeros_like(k_pad), torch.zeros_like(v_pad)
+    dqt = torch.zeros_like(qt) if lt is not None and needs['q'] else None
+    drpb = torch.zeros_like(rpb) if rpb is not None else None
+    dek = torch.zeros_like(ek) if ek is not None else None
+    dev = torch.zeros_like(ev) if ev is not None else None
+    deb = torch.zeros_like(eb) if eb is not None and needs['extra_bias'] else None
+    dlt = torch.zeros_like(lt) if lt is not None else None
+    dlb = torch.zeros_like(lb) if lb is not None else None
+    debt = torch.zeros_like(ebt) if ebt is not None and needs['extra_bias_table'] else None
+    rows = _rows_per_chunk(b, h, height, width, d, local_len + num_extra)
+    for r0 in range(0, height if b else 0, rows):  # an empty batch: zero gradients
+        r1 = min(height, r0 + rows)
+        n0, n1 = r0 * width, r1 * width
+        offsets = _offsets(r0, r1, height, width, kernel_size, dilation)
+        s_loc, s_ext = _scores(qs, k_pad, rpb, ek, _bias_chunk(eb, ebt, ih, iw, r0, r1, width, blocked), r0, r1,
+                               offsets,
+                               local_len)
+        chunk_lse = lse[:, :, None, r0:r1]  # (B, h, 1, R, W)
+        p_loc = s_loc.sub_(chunk_lse).exp_()  # (B, h, L, R, W), 0 outside the image
+        do_chunk = dout[:, :, r0:r1]
+        dp_loc = torch.zeros_like(p_loc)  # 0 outside the image: padded values are zero, rows are skipped
+        for j, dy, kx, y0, y1, _x0, _x1 in offsets:
+            torch.linalg.vecdot(do_chunk[:, :, y0 - r0:y1 - r0], v_pad[:, :, y0 + dy:y1 + dy, kx:kx + width],
+                                out=dp_loc[:, :, j, y0 - r0:y1 - r0])
+        delta = (p_loc * dp_loc).sum(2, keepdim=True)  # (B, h, 1, R, W)
+        if ek is not None:
+            do_flat = do_chunk.reshape(b, h, -1, d)
+            p_ext = s_ext.sub_(chunk_lse.reshape(b, h, -1, 1)).exp_()
+            dp_ext = do_flat @ ev.transpose(-2, -1)
+            delta += (p_ext * dp_ext).sum(-1).view_as(delta)
+            ds_ext = dp_ext.sub_(delta.view(b, h, -1, 1)).mul_(p_ext)
+            q_flat = qs[:, :, r0:r1].reshape(b, h, -1, d)
+            torch.matmul(ds_ext, ek, out=dqs[:, :, r0:r1].view(b, h, -1, d))
+            dek += ds_ext.transpose(-2, -1) @ q_flat
+            dev += p_ext.transpose(-2, -1) @ do_flat
+            if deb is not None:
+                deb[:, :, n0:n1] += ds_ext if deb.shape[0] == b else ds_ext.sum(0, keepdim=True)
+            if debt is not None and blocked:
+                _blocked_view(debt, ih, iw)[:, r0:r1] += ds_ext.sum(0).view(
+                    h, r1 - r0, width, ih.shape[1], iw.shape[1]).permute(0, 1, 3, 2, 4)
+            elif debt is not None:
+                debt.view(h, -1).index_add_(1, _table_index(ih, iw, ebt.shape[2], r0, r1),
+                                            ds_ext.sum(0).reshape(h, -1))
+        ds_loc = (dp_loc - delta).mul_(p_loc)
+        if drpb is not None:
+            drpb += ds_loc.sum((0, 3, 4))
+        t = _local_weights(qt[:, :, r0:r1], lt, lb, local_len)
+        w_loc = p_loc if t is None else p_loc.add_(t)  # p_loc is not needed after ds_loc
+        if lt is not None:  # dp_loc is also the gradient of the learnable weights (0 outside the image)
+            dt_flat = dp_loc.view(b, h, local_len, -1)
+            dlt += (dt_flat @ qt[:, :, r0:r1].reshape(b, h, -1, d)).sum(0).transpose(-2, -1)
+            if dqt is not None:
+                dqt[:, :, r0:r1] += (dt_flat.transpose(-2, -1) @ lt.transpose(-2, -1).unsqueeze(0)).view(
+                    b, h, r1 - r0, width, d)
+        if dlb is not None:
+            dlb += dp_loc.sum((0, 3, 4)).view_as(dlb)
+        q_chunk, dqs_chunk = qs[:, :, r0:r1], dqs[:, :, r0:r1]
+        for j, dy, kx, y0, y1, _x0, _x1 in offsets:
+            ys, yk, xk = slice(y0 - r0, y1 - r0), slice(y0 + dy, y1 + dy), slice(kx, kx + width)
+            ds_j = ds_loc[:, :, j, ys, :, None]  # 0 where the neighbour is padding
+            dqs_chunk[:, :, ys].addcmul_(ds_j, k_pad[:, :, yk, xk])
+            dk_pad[:, :, yk, xk].addcmul_(ds_j, q_chunk[:, :, ys])
+            # w_loc is not 0 in padded columns (learnable weights): those land in dv_pad's padding, cropped
+            dv_pad[:, :, yk, xk].addcmul_(w_loc[:, :, j, ys, :, None], do_chunk[:, :, ys])
+    dk, dv = dk_pad[:, :, :, pad:pad + width], dv_pad[:, :, :, pad:pad + width]
+    return [dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt]

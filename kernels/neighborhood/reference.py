@@ -14,7 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ['neighborhood_attention', 'valid_key_count', 'scaled_query', 'dense_extra_bias']
+__all__ = ['neighborhood_attention', 'attend', 'valid_key_count', 'scaled_query', 'dense_extra_bias']
 
 
 def valid_key_count(height: int, width: int, kernel_size: int, dilation: int, device: torch.device) -> torch.Tensor:
@@ -69,14 +69,29 @@ def neighborhood_attention(
         length_scale: bool = False, learnable_tokens: Optional[torch.Tensor] = None,
         learnable_bias: Optional[torch.Tensor] = None, extra_bias_table: Optional[torch.Tensor] = None,
         extra_bias_index: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-    """Arguments already validated and normalised by :func:`kernels.neighborhood.neighborhood_attention`."""
+    """Arguments validated and normalised as :func:`kernels.neighborhood.neighborhood_attention` does."""
+    num_extra = 0 if extra_k is None else extra_k.shape[2]
+    qs = scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation)
+    index_h, index_w = extra_bias_index if extra_bias_index is not None else (None, None)
+    return attend(qs, q, k, v, kernel_size, dilation, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens,
+                  learnable_bias, extra_bias_table, index_h, index_w)
+
+
+def attend(qs: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
+           rel_pos_bias: Optional[torch.Tensor] = None, extra_k: Optional[torch.Tensor] = None,
+           extra_v: Optional[torch.Tensor] = None, extra_bias: Optional[torch.Tensor] = None,
+           learnable_tokens: Optional[torch.Tensor] = None, learnable_bias: Optional[torch.Tensor] = None,
+           extra_bias_table: Optional[torch.Tensor] = None, index_h: Optional[torch.Tensor] = None,
+           index_w: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Everything after the prologue: ``qs`` is :func:`scaled_query`'s output, ``q`` the raw query (learnable
+    tokens); ``extra_bias`` is (1|B, heads, N, M). The backends' operator runs this on every backend."""
     b, h, height, width, d = q.shape
     if extra_bias_table is not None:
-        extra_bias = dense_extra_bias(extra_bias_table, *extra_bias_index)
+        extra_bias = dense_extra_bias(extra_bias_table, index_h, index_w)
     n, local_len = height * width, kernel_size ** 2
     num_extra = 0 if extra_k is None else extra_k.shape[2]
     q_flat = q.reshape(b, h, n, d)
-    qs = scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation).reshape(b, h, n, d)
+    qs = qs.reshape(b, h, n, d)
 
     k_local, v_local = _unfold(k, kernel_size, dilation), _unfold(v, kernel_size, dilation)  # (B, h, N, D, L)
     attn_local = (qs.unsqueeze(-2) @ k_local).squeeze(-2)  # (B, h, N, L)

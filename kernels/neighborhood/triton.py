@@ -20,7 +20,7 @@ Head dims are padded to a power of two >= 16 in registers (TransNeXt's 24 -> 32)
 accumulate in fp32; fp32 inputs use tf32 tensor cores on GPUs (IEEE fp32 dots, as the interpreter runs
 them for exact parity, need more registers than a block has: ptxas spills) and fp16/bf16 their own.
 """
-from typing import Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -29,9 +29,9 @@ import triton.language as tl
 from kernels import aot
 from kernels.backend import triton_interpreted
 
-from .reference import scaled_query
+from .limits import MAX_HEAD_DIM
 
-__all__ = ['neighborhood_attention']
+__all__ = ['forward', 'backward']
 
 @triton.jit
 def _nbr_index(offs, pid_valid, H, W, j, KS: tl.constexpr, DIL: tl.constexpr, SIGN: tl.constexpr):
@@ -368,7 +368,10 @@ _TARGET_PROGRAMS = 1024  # enough programs to fill an H100's 132 SMs several tim
 
 
 def _d_pad(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+    padded = max(16, triton.next_power_of_2(d))
+    if padded > MAX_HEAD_DIM:
+        raise ValueError(f'the triton backend of neighborhood_attention takes head dims up to {MAX_HEAD_DIM}, got {d}')
+    return padded
 
 
 def _num_warps(d_pad: int, kernel: str = '') -> int:
@@ -391,102 +394,99 @@ def _bias_args(eb, ebt, ih, iw, b: int, h: int, n: int, m: int, device: torch.de
     return eb, no_index, no_index, stride_b, n * m, 1, 1
 
 
-class _TritonNeighborhoodAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, kernel_size: int, dilation: int):
-        b, h, height, width, d = qs.shape
-        n = height * width
-        m = 0 if ek is None else ek.shape[2]
-        opt = lambda t: t if t is not None else qs  # noqa: E731  (a pointer the kernel never reads)
-        bias, index_h, index_w, stride_eb_b, stride_eb_h, pw, tw = _bias_args(eb, ebt, ih, iw, b, h, n, m, qs.device)
-        out = torch.empty_like(qs)
-        lse = torch.empty(b, h, n, dtype=torch.float32, device=qs.device)
-        grid = (triton.cdiv(n, _BLOCK_M), b * h)
-        _fwd_kernel[grid](
-            qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, lse,
-            height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw,
-            KS=kernel_size, DIL=dilation, D_PAD=_d_pad(d), BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
-            num_warps=_num_warps(_d_pad(d)), **_flags(rpb, ek, eb, ebt, lt, lb, qs.dtype))
-        ctx.save_for_backward(qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, out, lse)
-        ctx.kernel_size, ctx.dilation = kernel_size, dilation
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw, out, lse = ctx.saved_tensors
-        kernel_size, dilation = ctx.kernel_size, ctx.dilation
-        b, h, height, width, d = qs.shape
-        n, local_len, d_pad = height * width, kernel_size ** 2, _d_pad(d)
-        m = 0 if ek is None else ek.shape[2]
-        dout = dout.contiguous()
-        dev_ = qs.device
-        opt = lambda t: t if t is not None else qs  # noqa: E731
-        flags = _flags(rpb, ek, eb, ebt, lt, lb, qs.dtype)
-        bias, index_h, index_w, stride_eb_b, stride_eb_h, pw, tw = _bias_args(eb, ebt, ih, iw, b, h, n, m, dev_)
-        num_m = triton.cdiv(n, _BLOCK_M)
-        parts = b * h * num_m
-        f32 = dict(dtype=torch.float32, device=dev_)
-        delta = torch.empty(b, h, n, **f32)
-        dqs = torch.empty_like(qs)
-        dqt = torch.empty_like(qt) if lt is not None else None
-        deb = torch.empty(b, h, n, m, **f32) if eb is not None else None
-        debt = torch.zeros(ebt.shape, **f32) if ebt is not None else None  # accumulated with atomics
-        drpb_p = torch.empty(parts, local_len, **f32) if rpb is not None else None
-        dlt_p = torch.empty(parts, d_pad, local_len, **f32) if lt is not None else None
-        dlb_p = torch.empty(parts, local_len, **f32) if lb is not None else None
-        opt32 = lambda t: t if t is not None else lse  # noqa: E731
-        _bwd_dq_kernel[(num_m, b * h)](
-            qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, dout, lse,
-            delta, dqs, opt(dqt), opt32(debt if ebt is not None else deb), opt32(drpb_p), opt32(dlt_p), opt32(dlb_p),
-            height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw, KS=kernel_size, DIL=dilation, D_PAD=d_pad,
-            BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_num_warps(d_pad), **flags)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        _bwd_dkdv_local_kernel[(num_m, b * h)](
-            qs, qt, k, v, opt(rpb), opt(lt), opt(lb), dout, lse, delta, dk, dv, height, width, d, h,
-            KS=kernel_size, DIL=dilation, D_PAD=d_pad, BLOCK_M=_BLOCK_M, HAS_RPB=flags['HAS_RPB'],
-            HAS_LT=flags['HAS_LT'], HAS_LB=flags['HAS_LB'], num_warps=_num_warps(d_pad, 'bwd_dkdv_local'))
-        dek = dev = None
-        if ek is not None:
-            # few extra-key blocks per (batch, head): split the loop over queries to fill the device
-            n_blocks = triton.cdiv(m, _BLOCK_N)
-            split = max(1, min(num_m, _TARGET_PROGRAMS // (n_blocks * b * h)))
-            dek_p = torch.empty(split, b, h, m, d, **f32)
-            dev_p = torch.empty(split, b, h, m, d, **f32)
-            _bwd_dkdv_extra_kernel[(n_blocks, b * h, split)](
-                qs, ek, ev, opt(bias), index_h, index_w, dout, lse, delta, dek_p, dev_p, n, width, m, d, h,
-                stride_eb_b, stride_eb_h, pw, tw, split, D_PAD=d_pad, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
-                HAS_EB=flags['HAS_EB'], HAS_EBT=flags['HAS_EBT'], IEEE=flags['IEEE'], num_warps=_num_warps(d_pad))
-            dek, dev = dek_p.sum(0).to(ek.dtype), dev_p.sum(0).to(ev.dtype)
-        drpb = drpb_p.view(b, h, num_m, local_len).sum((0, 2)).to(rpb.dtype) if rpb is not None else None
-        dlt = (dlt_p.view(b, h, num_m, d_pad, local_len).sum((0, 2))[:, :d].to(lt.dtype)
-               if lt is not None else None)
-        dlb = dlb_p.view(b, h, num_m, local_len).sum((0, 2)).to(lb.dtype) if lb is not None else None
-        if deb is not None:
-            deb = (deb if eb.shape[0] == b else deb.sum(0, keepdim=True)).to(eb.dtype)
-        if debt is not None:
-            debt = debt.to(ebt.dtype)
-        return dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt, None, None, None, None
+def _inputs(*tensors: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    return [None if t is None else t.contiguous() for t in tensors]
 
 
-def neighborhood_attention(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1,
-        rel_pos_bias: Optional[torch.Tensor] = None, extra_k: Optional[torch.Tensor] = None,
-        extra_v: Optional[torch.Tensor] = None, extra_bias: Optional[torch.Tensor] = None,
-        scale: Union[float, torch.Tensor] = 1.0, query_embedding: Optional[torch.Tensor] = None,
-        length_scale: bool = False, learnable_tokens: Optional[torch.Tensor] = None,
-        learnable_bias: Optional[torch.Tensor] = None, extra_bias_table: Optional[torch.Tensor] = None,
-        extra_bias_index: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-    """Arguments already validated and normalised by :func:`kernels.neighborhood.neighborhood_attention`."""
-    num_extra = 0 if extra_k is None else extra_k.shape[2]
-    qs = scaled_query(q, scale, query_embedding, length_scale, num_extra, kernel_size, dilation)
+def forward(qs: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+            extra_k: Optional[torch.Tensor], extra_v: Optional[torch.Tensor], extra_bias: Optional[torch.Tensor],
+            learnable_tokens: Optional[torch.Tensor], learnable_bias: Optional[torch.Tensor],
+            extra_bias_table: Optional[torch.Tensor], index_h: Optional[torch.Tensor], index_w: Optional[torch.Tensor],
+            kernel_size: int, dilation: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, log-sum-exp (B, heads, H*W) fp32); arguments as :mod:`kernels.neighborhood` passes them."""
+    qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw = _inputs(
+        qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias, extra_bias_table,
+        index_h, index_w)
+    b, h, height, width, d = qs.shape
+    n = height * width
+    m = 0 if ek is None else ek.shape[2]
+    opt = lambda t: t if t is not None else qs  # noqa: E731  (a pointer the kernel never reads)
+    bias, index_h, index_w, stride_eb_b, stride_eb_h, pw, tw = _bias_args(eb, ebt, ih, iw, b, h, n, m, qs.device)
+    out = torch.empty_like(qs)
+    lse = torch.empty(b, h, n, dtype=torch.float32, device=qs.device)
+    grid = (triton.cdiv(n, _BLOCK_M), b * h)
+    _fwd_kernel[grid](
+        qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, lse,
+        height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw,
+        KS=kernel_size, DIL=dilation, D_PAD=_d_pad(d), BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+        num_warps=_num_warps(_d_pad(d)), **_flags(rpb, ek, eb, ebt, lt, lb, qs.dtype))
+    return out, lse
 
-    def c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if t is None else t.contiguous()
 
-    index_h, index_w = extra_bias_index if extra_bias_index is not None else (None, None)
-    return _TritonNeighborhoodAttention.apply(
-        c(qs), c(q), c(k), c(v), c(rel_pos_bias), c(extra_k), c(extra_v), c(extra_bias), c(learnable_tokens),
-        c(learnable_bias), c(extra_bias_table), c(index_h), c(index_w), kernel_size, dilation)
+def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], qs: torch.Tensor,
+             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+             extra_k: Optional[torch.Tensor], extra_v: Optional[torch.Tensor], extra_bias: Optional[torch.Tensor],
+             learnable_tokens: Optional[torch.Tensor], learnable_bias: Optional[torch.Tensor],
+             extra_bias_table: Optional[torch.Tensor], index_h: Optional[torch.Tensor], index_w: Optional[torch.Tensor],
+             kernel_size: int, dilation: int) -> List[Optional[torch.Tensor]]:
+    """Gradients of (qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias,
+    extra_bias_table) from the forward's output and log-sum-exp."""
+    qs, qt, k, v, rpb, ek, ev, eb, lt, lb, ebt, ih, iw = _inputs(
+        qs, q, k, v, rel_pos_bias, extra_k, extra_v, extra_bias, learnable_tokens, learnable_bias, extra_bias_table,
+        index_h, index_w)
+    out, lse = outputs
+    dout = grads[0]
+    b, h, height, width, d = qs.shape
+    n, local_len, d_pad = height * width, kernel_size ** 2, _d_pad(d)
+    m = 0 if ek is None else ek.shape[2]
+    dout = dout.contiguous()
+    dev_ = qs.device
+    opt = lambda t: t if t is not None else qs  # noqa: E731
+    flags = _flags(rpb, ek, eb, ebt, lt, lb, qs.dtype)
+    bias, index_h, index_w, stride_eb_b, stride_eb_h, pw, tw = _bias_args(eb, ebt, ih, iw, b, h, n, m, dev_)
+    num_m = triton.cdiv(n, _BLOCK_M)
+    parts = b * h * num_m
+    f32 = dict(dtype=torch.float32, device=dev_)
+    delta = torch.empty(b, h, n, **f32)
+    dqs = torch.empty_like(qs)
+    dqt = torch.empty_like(qt) if lt is not None else None
+    deb = torch.empty(b, h, n, m, **f32) if eb is not None else None
+    debt = torch.zeros(ebt.shape, **f32) if ebt is not None else None  # accumulated with atomics
+    drpb_p = torch.empty(parts, local_len, **f32) if rpb is not None else None
+    dlt_p = torch.empty(parts, d_pad, local_len, **f32) if lt is not None else None
+    dlb_p = torch.empty(parts, local_len, **f32) if lb is not None else None
+    opt32 = lambda t: t if t is not None else lse  # noqa: E731
+    _bwd_dq_kernel[(num_m, b * h)](
+        qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, dout, lse,
+        delta, dqs, opt(dqt), opt32(debt if ebt is not None else deb), opt32(drpb_p), opt32(dlt_p), opt32(dlb_p),
+        height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw, KS=kernel_size, DIL=dilation, D_PAD=d_pad,
+        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_num_warps(d_pad), **flags)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    _bwd_dkdv_local_kernel[(num_m, b * h)](
+        qs, qt, k, v, opt(rpb), opt(lt), opt(lb), dout, lse, delta, dk, dv, height, width, d, h,
+        KS=kernel_size, DIL=dilation, D_PAD=d_pad, BLOCK_M=_BLOCK_M, HAS_RPB=flags['HAS_RPB'],
+        HAS_LT=flags['HAS_LT'], HAS_LB=flags['HAS_LB'], num_warps=_num_warps(d_pad, 'bwd_dkdv_local'))
+    dek = dev = None
+    if ek is not None:
+        # few extra-key blocks per (batch, head): split the loop over queries to fill the device
+        n_blocks = triton.cdiv(m, _BLOCK_N)
+        split = max(1, min(num_m, _TARGET_PROGRAMS // max(1, n_blocks * b * h)))
+        dek_p = torch.empty(split, b, h, m, d, **f32)
+        dev_p = torch.empty(split, b, h, m, d, **f32)
+        _bwd_dkdv_extra_kernel[(n_blocks, b * h, split)](
+            qs, ek, ev, opt(bias), index_h, index_w, dout, lse, delta, dek_p, dev_p, n, width, m, d, h,
+            stride_eb_b, stride_eb_h, pw, tw, split, D_PAD=d_pad, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+            HAS_EB=flags['HAS_EB'], HAS_EBT=flags['HAS_EBT'], IEEE=flags['IEEE'], num_warps=_num_warps(d_pad))
+        dek, dev = dek_p.sum(0).to(ek.dtype), dev_p.sum(0).to(ev.dtype)
+    drpb = drpb_p.view(b, h, num_m, local_len).sum((0, 2)).to(rpb.dtype) if rpb is not None else None
+    dlt = (dlt_p.view(b, h, num_m, d_pad, local_len).sum((0, 2))[:, :d].to(lt.dtype)
+           if lt is not None else None)
+    dlb = dlb_p.view(b, h, num_m, local_len).sum((0, 2)).to(lb.dtype) if lb is not None else None
+    if deb is not None:
+        deb = (deb if eb.shape[0] == b else deb.sum(0, keepdim=True)).to(eb.dtype)
+    if debt is not None:
+        debt = debt.to(ebt.dtype)
+    return [dqs, dqt, dk, dv, drpb, dek, dev, deb, dlt, dlb, debt]
 
 
 # ---------------------------------------------------------------------------------------------- AOT
@@ -495,7 +495,7 @@ def _register() -> None:
     flags_all = dict(HAS_RPB=True, HAS_EXTRA=True, HAS_EB=True, HAS_EBT=True, HAS_LT=True, HAS_LB=True)
     flags_none = dict(HAS_RPB=False, HAS_EXTRA=False, HAS_EB=False, HAS_EBT=False, HAS_LT=False, HAS_LB=False)
     # TransNeXt (head dim 24 -> 32, every term on) and plain neighborhood attention at head dims 32 and 64
-    variants = [dict(D_PAD=32, **flags_all), dict(D_PAD=32, **flags_none), dict(D_PAD=64, **flags_none)]
+    variants = [dict(D_PAD=32, **flags_all), dict(D_PAD=32, **flags_none), dict(D_PAD=MAX_HEAD_DIM, **flags_none)]
     blocks = dict(BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N)
     p, f, i = '*{dtype}', '*fp32', 'i32'
     c = 'constexpr'

@@ -2,11 +2,11 @@
 
 Three ops, each validated here once and then run on the backend :mod:`kernels.backend` picks:
 
-``region_topk(q, k, n_win, topk)``
+``region_topk(q, k, n_win, topk, *, valid_hw=None)``
     The coarse level of BiFormer's routing: region means of ``q`` and ``k``, the region affinity
     ``q_r @ k_r^T`` and its ``topk`` per query region. No gradient (BiFormer's released models detach it).
 
-``routed_attention(q, k, v, region_index, n_win, *, scale=None)``
+``routed_attention(q, k, v, region_index, n_win, *, scale=None, valid_hw=None)``
     The fine level: every query of region ``r`` attends to all tokens of the regions ``region_index[b, r]``.
 
 ``sparse_attention(q, k, v, key_index, *, scale=None)``
@@ -31,7 +31,13 @@ is ``q.view(N, H, W, heads, D).permute(0, 3, 1, 2, 4)`` here. Two of its convent
   released BiFormer-T/S/B models) is the only key layout: keys and values live on the same regions as queries.
 
 Padding: ``H`` and ``W`` must be multiples of ``n_win``; the model pads (BiFormer's ``auto_pad``) and crops.
-Padded tokens are ordinary tokens here, as in BiFormer's released code, which does not mask them.
+By default padded tokens are ordinary tokens, as in BiFormer's released code, which does not mask them (its dense
+checkpoints were trained so). ``valid_hw=(h, w)`` masks them exactly instead: the tokens at rows ``>= h`` or
+columns ``>= w`` of the padded ``H x W`` map are padding; ``region_topk`` then averages only the valid tokens
+of a region and never routes to a key region without one (affinity -inf; a query region with fewer valid key
+regions than ``topk`` gets such regions as its last picks, which contribute nothing), and ``routed_attention``
+gives padded keys zero attention weight (a query whose routed regions hold no valid key gets zeros). Padded
+queries are computed like the others; the model crops them.
 
 Dtypes float16, bfloat16, float32 and float64 (float64 on the reference and cpu backends, for gradcheck);
 q and k share the head width ``D``, v may have another ``Dv`` (BiFormer's ``qk_dim`` vs ``dim``). Forward and
@@ -39,135 +45,135 @@ backward on every backend. The cpu backend keeps no ``topk``-times key copy: it 
 and recomputes in backward. The triton backend is a block-sparse flash-attention kernel driven by the index
 lists (online softmax, key blocks loaded by index, nothing gathered in memory); its backward is deterministic
 (no atomics): key/value gradients walk an inverted index of the routes. It takes head dims ``D`` and ``Dv`` up
-to 64 (larger tiles spill registers; the automatic backend then runs the cpu path, an explicit ``triton``
-backend raises ValueError) and runs float32 dots in tf32 on GPUs (about 1e-3 relative error, as float16).
+to 64 (:mod:`kernels.routing.limits`; beyond, the automatic backend runs the cpu path, an explicit ``triton``
+backend raises ValueError) and runs float32 dots in tf32 on GPUs (about 1e-3 relative error, as float16). An empty
+batch (B = 0) gives an empty result on every backend.
+
+Operators: ``torch.ops.zoo.region_topk``, ``torch.ops.zoo.routed_attention`` and ``torch.ops.zoo.sparse_attention``
+(:mod:`kernels.library`): one node each under torch.compile, torch.export and FX; ONNX export decomposes them into
+the reference (gather) math. ``valid_hw`` travels as two ints (H and W when None).
 """
-import math
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..backend import dispatch, requested_backend
-from . import cpu as _cpu
-from . import reference as _reference
+from .. import checks
+from ..backend import requested_backend
+from ..library import Operator, Recompute, empty_stats, fx_leaf, lazy_module
+from . import cpu, limits, reference
 
 __all__ = ['region_topk', 'routed_attention', 'sparse_attention']
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INTS = (torch.int32, torch.int64)
-# kernels.routing.triton.MAX_HEAD_DIM: the largest head dim (D and Dv) its kernels compile for without register spills
-_TRITON_MAX_HEAD_DIM = 64
+
+def _topk_reference(q, k, n_win, topk, valid_h, valid_w) -> torch.Tensor:
+    return reference.region_topk(q, k, n_win, topk, reference.padding(q, valid_h, valid_w))
 
 
-def _triton(name: str) -> Callable:
-    def run(*args, **kwargs):
-        from . import triton as _tr  # imported only when the triton backend runs
-        return getattr(_tr, name)(*args, **kwargs)
-    return run
+def _routed_reference(q, k, v, region_index, n_win, scale, valid_h, valid_w) -> torch.Tensor:
+    return reference.routed_attention(q, k, v, region_index, n_win, scale, reference.padding(q, valid_h, valid_w))
 
 
-def _implementations(name: str) -> Mapping[str, Callable]:
-    return {'reference': getattr(_reference, name), 'cpu': getattr(_cpu, name), 'triton': _triton(name)}
+def _sparse_reference(q, k, v, key_index, scale) -> torch.Tensor:
+    return reference.sparse_attention(q, k, v, key_index, scale)
 
 
-def _pick(op: str, tensors: Sequence[torch.Tensor]) -> Callable:
-    """The backend's implementation; checked here, before the triton module is imported. Where the automatic
-    choice is triton but its kernels cannot take the inputs (float64, head dims over ``_TRITON_MAX_HEAD_DIM``),
-    the cpu path runs; an explicitly requested triton backend raises instead."""
-    impls = _implementations(op)
-    fn = dispatch(op, impls, *tensors)
-    if fn is not impls['triton']:
-        return fn
-    q, v = tensors[0], tensors[-1]
-    if q.dtype == torch.float64:
-        if requested_backend() != 'auto':
-            raise TypeError(f'{op}: the triton backend has no float64 kernels; use the cpu or reference backend')
-        return impls['cpu']
-    if op != 'region_topk' and max(q.shape[-1], v.shape[-1]) > _TRITON_MAX_HEAD_DIM:
-        if requested_backend() != 'auto':
-            raise ValueError(f'{op}: the triton backend takes head dims (D and Dv) up to {_TRITON_MAX_HEAD_DIM} '
-                             f'(larger tiles spill registers), got q {tuple(q.shape)}, v {tuple(v.shape)}; use the '
-                             f'cpu or reference backend (kernels.use_backend) for larger head dims')
-        return impls['cpu']
-    return fn
+def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f'{name} must be a torch.Tensor of shape {layout}, got {type(t).__name__}')
-    if t.dim() != ndim:
-        raise ValueError(f'{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}')
-    return t
+def _topk_fake(backend: str, q: torch.Tensor, n_win: int, topk: int, **_) -> torch.Tensor:
+    return q.new_empty(q.shape[0], n_win * n_win, topk, dtype=torch.int64)
 
 
-def _check_floats(op: str, **tensors: torch.Tensor) -> None:
+def _routed_fake(backend: str, q: torch.Tensor, v: torch.Tensor, n_win: int, **_) -> Tuple[torch.Tensor, torch.Tensor]:
+    b, h, hh, ww, _d = q.shape
+    out = q.new_empty(b, h, hh, ww, v.shape[-1])
+    if backend == 'cpu':  # log-sum-exp in region-major order
+        return out, q.new_empty(b * h * n_win * n_win, (hh // n_win) * (ww // n_win), dtype=_compute_dtype(q))
+    if backend == 'triton':
+        return out, q.new_empty(b * h, hh * ww, dtype=torch.float32)
+    return out, empty_stats(q)
+
+
+def _sparse_fake(backend: str, q: torch.Tensor, v: torch.Tensor, **_) -> Tuple[torch.Tensor, torch.Tensor]:
+    b, h, n, _d = q.shape
+    out = q.new_empty(b, h, n, v.shape[-1])
+    if backend in ('cpu', 'triton'):  # log-sum-exp per query
+        return out, q.new_empty(b * h * n, dtype=_compute_dtype(q) if backend == 'cpu' else torch.float32)
+    return out, empty_stats(q)
+
+
+_TOPK = Operator(
+    'region_topk', '(Tensor q, Tensor k, int n_win, int topk, SymInt valid_h, SymInt valid_w) -> Tensor',
+    differentiable=(), n_outputs=1,
+    backends={'reference': Recompute(_topk_reference, (), n_stats=0), 'cpu': cpu.topk_backend,
+              'triton': lazy_module('kernels.routing.triton', 'topk_backend')},
+    triton_limit=lambda **_: None, fake=_topk_fake, decomposition=_topk_reference)
+_ROUTED = Operator(
+    'routed_attention',
+    '(Tensor q, Tensor k, Tensor v, Tensor region_index, int n_win, float scale, SymInt valid_h, SymInt valid_w)'
+    ' -> (Tensor, Tensor)',
+    differentiable=('q', 'k', 'v'), n_outputs=1,
+    backends={'reference': Recompute(_routed_reference, ('q', 'k', 'v')), 'cpu': cpu.routed_backend,
+              'triton': lazy_module('kernels.routing.triton', 'routed_backend')},
+    triton_limit=lambda q, v, n_win, **_: limits.routed_limit(q, v, n_win), fake=_routed_fake,
+    decomposition=_routed_reference)
+_SPARSE = Operator(
+    'sparse_attention', '(Tensor q, Tensor k, Tensor v, Tensor key_index, float scale) -> (Tensor, Tensor)',
+    differentiable=('q', 'k', 'v'), n_outputs=1,
+    backends={'reference': Recompute(_sparse_reference, ('q', 'k', 'v')), 'cpu': cpu.sparse_backend,
+              'triton': lazy_module('kernels.routing.triton', 'sparse_backend')},
+    triton_limit=lambda q, v, **_: limits.sparse_limit(q, v), fake=_sparse_fake, decomposition=_sparse_reference)
+
+
+def _check_floats(**tensors: torch.Tensor) -> None:
+    """Same dtype and device as the first; every dim >= 1 but the batch."""
     names = list(tensors)
     first = tensors[names[0]]
     for name, t in tensors.items():
-        if t.dtype not in _FLOATS:
-            raise TypeError(f'{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}')
-        if t.dtype != first.dtype:
-            raise TypeError(f'{op}: {name} has dtype {t.dtype} but {names[0]} has {first.dtype}; they must match')
-        if t.device != first.device:
-            raise ValueError(f'{op}: {name} is on {t.device} but {names[0]} is on {first.device}; they must match')
-        if t.numel() == 0:
-            raise ValueError(f'{op}: {name} is empty, shape {tuple(t.shape)}')
+        checks.like(name, t, names[0], first)
+        if min(t.shape[1:]) == 0:
+            raise ValueError(f'{name} must be non-empty apart from the batch, got shape {checks.shape_str(t)}')
 
 
-def _check_int(name: str, value: object, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'{name} must be an int, got {type(value).__name__}')
-    if value < low or (high is not None and value > high):
-        bound = f'in [{low}, {high}]' if high is not None else f'>= {low}'
-        raise ValueError(f'{name} must be {bound}, got {value}')
-    return value
-
-
-def _check_scale(op: str, scale: Optional[float]) -> Optional[float]:
-    if scale is None:
-        return None
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f'{op}: scale must be a float or None, got {type(scale).__name__}')
-    if not math.isfinite(scale):
-        raise ValueError(f'{op}: scale must be finite, got {scale}')
-    return float(scale)
-
-
-def _check_regions(op: str, q: torch.Tensor, n_win: int) -> None:
-    _check_int('n_win', n_win, 1)
+def _check_regions(q: torch.Tensor, n_win: int) -> int:
+    n_win = checks.integer('n_win', n_win, 1)
     height, width = q.shape[2], q.shape[3]
     if height % n_win or width % n_win:
-        raise ValueError(f'{op}: the map H x W = {height} x {width} of q (shape {tuple(q.shape)}) must be a '
-                         f'multiple of n_win = {n_win} on both sides; pad it (BiFormer\'s auto_pad) first')
+        raise ValueError(f'the map H x W = {height} x {width} of q (shape {checks.shape_str(q)}) must be a multiple '
+                         f'of n_win = {n_win} on both sides; pad it (BiFormer\'s auto_pad) first')
+    return n_win
 
 
-def _check_index(op: str, name: str, index: object, shapes: Sequence[tuple], low: int, high: int,
-                 layout: str, device: torch.device) -> torch.Tensor:
-    if not isinstance(index, torch.Tensor):
-        raise TypeError(f'{op}: {name} must be an int32/int64 tensor of shape {layout}, got {type(index).__name__}')
-    if index.dtype not in _INTS:
-        raise TypeError(f'{op}: {name} must be int32 or int64, got {index.dtype}')
-    if tuple(index.shape) not in [tuple(s) for s in shapes]:
-        expected = ' or '.join(str(tuple(s)) for s in shapes)
-        raise ValueError(f'{op}: {name} must have shape {layout} = {expected}, got {tuple(index.shape)}')
-    if index.device != device:
-        raise ValueError(f'{op}: {name} is on {index.device} but q is on {device}; they must match')
-    if index.numel():
-        lo, hi = int(index.min()), int(index.max())
-        if lo < low or hi >= high:
-            raise ValueError(f'{op}: {name} values must be in [{low}, {high - 1}], got values in [{lo}, {hi}]')
+def _check_index(name: str, index: object, shapes: Sequence[tuple], low: int, high: int, layout: str,
+                 q: torch.Tensor) -> torch.Tensor:
+    checks.tensor(name, index, layout, dtypes=checks.INDICES)
+    checks.expect_shape(name, index, shapes, layout)
+    checks.same_device(name, index, 'q', q)
+    checks.index_values(name, index, low, high)
     return index
 
 
-def _index_width(op: str, name: str, index: object, ndims: Sequence[int], layout: str) -> int:
-    if not isinstance(index, torch.Tensor):
-        raise TypeError(f'{op}: {name} must be an int32/int64 tensor of shape {layout}, got {type(index).__name__}')
-    if index.dim() not in ndims:
-        raise ValueError(f'{op}: {name} must have shape {layout}, got shape {tuple(index.shape)}')
+def _check_valid_hw(valid_hw: object, q: torch.Tensor) -> Tuple[int, int]:
+    """(h, w) with 1 <= h <= H, 1 <= w <= W; (H, W) for None (the operator then computes without masking)."""
+    height, width = q.shape[2], q.shape[3]
+    if valid_hw is None:
+        return height, width
+    if not isinstance(valid_hw, (tuple, list)) or len(valid_hw) != 2:
+        raise TypeError(f'valid_hw must be None or a pair (h, w) of ints, got {valid_hw!r:.80}')
+    h = checks.integer('valid_hw[0] (valid rows h of the padded map)', valid_hw[0], 1, height)
+    w = checks.integer('valid_hw[1] (valid columns w of the padded map)', valid_hw[1], 1, width)
+    return h, w
+
+
+def _index_width(name: str, index: object, ndims: Sequence[int], layout: str) -> int:
+    checks.tensor(name, index, layout, ndim=ndims, dtypes=checks.INDICES)
     return index.shape[-1]
 
 
-def region_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
+@fx_leaf
+def region_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, *,
+                valid_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """The ``topk`` most related key regions of every query region (BiFormer's region-level routing).
 
     Args:
@@ -175,26 +181,31 @@ def region_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torc
         k: (B, heads, H, W, D) keys.
         n_win: regions per side; the map has ``n_win**2`` regions in raster order (see the module docstring).
         topk: routed regions per query region, ``1 <= topk <= n_win**2``.
+        valid_hw: optional (h, w), ``1 <= h <= H``, ``1 <= w <= W``: the map's valid size; rows ``>= h`` and
+            columns ``>= w`` are padding (module docstring). None (default): every token counts, as BiFormer.
 
     Returns:
         int64 tensor (B, n_win**2, topk): for query region ``r``, the key regions in decreasing affinity
-        ``mean_r(q) . mean_s(k)``, the means over a region's tokens, the dot over all heads and channels.
+        ``mean_r(q) . mean_s(k)``, the means over a region's (valid) tokens, the dot over all heads and channels;
+        with ``valid_hw`` key regions without a valid token have affinity -inf (picked last, if at all).
         No gradient flows (the indices are discrete; BiFormer's released models detach the routing).
 
     Cost: O(B * heads * H * W * D) for the means plus O(B * n_win**4 * heads * D) for the affinity.
     """
-    _check_tensor('q', q, 5, '(B, heads, H, W, D)')
-    _check_tensor('k', k, 5, '(B, heads, H, W, D)')
-    _check_floats('region_topk', q=q, k=k)
-    if k.shape != q.shape:
-        raise ValueError(f'region_topk: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}')
-    _check_regions('region_topk', q, n_win)
-    _check_int('topk', topk, 1, n_win * n_win)
-    return _pick('region_topk', (q, k))(q, k, n_win, topk)
+    layout = '(B, heads, H, W, D)'
+    checks.tensor('q', q, layout, ndim=5)
+    checks.tensor('k', k, layout, ndim=5)
+    _check_floats(q=q, k=k)
+    checks.expect_shape('k', k, tuple(q.shape), f'the shape of q {layout}')
+    n_win = _check_regions(q, n_win)
+    topk = checks.integer('topk', topk, 1, n_win * n_win)
+    valid_h, valid_w = _check_valid_hw(valid_hw, q)
+    return _TOPK(q=q, k=k, n_win=n_win, topk=topk, valid_h=valid_h, valid_w=valid_w, backend=requested_backend())[0]
 
 
+@fx_leaf
 def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int,
-                     *, scale: Optional[float] = None) -> torch.Tensor:
+                     *, scale: Optional[float] = None, valid_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Region-routed softmax attention (the token level of BiFormer's bi-level routing attention).
 
     Args:
@@ -206,38 +217,41 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_i
             often as they are listed (the gather semantics).
         n_win: regions per side.
         scale: logit scale, default ``D ** -0.5`` (BiFormer's models use ``(heads * D) ** -0.5``).
+        valid_hw: optional (h, w), ``1 <= h <= H``, ``1 <= w <= W``: keys at rows ``>= h`` or columns ``>= w``
+            are padding and get zero attention weight (module docstring). None (default): every key counts.
 
     Returns:
         (B, heads, H, W, Dv), dtype of q: ``out[b, h, y, x] = softmax(scale * q . k_j) @ v_j`` over the
-        ``topk * (H/n_win) * (W/n_win)`` tokens ``j`` of the regions routed to the region of ``(y, x)``.
+        ``topk * (H/n_win) * (W/n_win)`` tokens ``j`` of the regions routed to the region of ``(y, x)`` (the valid
+        ones with ``valid_hw``; zeros where there is none). Gradients flow to q, k and v, none to padded keys.
 
     Cost: O(B * heads * H * W * topk * (H*W / n_win**2) * (D + Dv)) time; memory O(inputs) on the cpu and
     triton backends (the reference gathers ``topk`` copies of k and v and the full score matrix).
     """
     layout = '(B, heads, H, W, D)'
-    _check_tensor('q', q, 5, layout)
-    _check_tensor('k', k, 5, layout)
-    _check_tensor('v', v, 5, '(B, heads, H, W, Dv)')
-    _check_floats('routed_attention', q=q, k=k, v=v)
-    if k.shape != q.shape:
-        raise ValueError(f'routed_attention: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}')
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f'routed_attention: v must be (B, heads, H, W, Dv) = {tuple(q.shape[:4])} + (Dv,), '
-                         f'got {tuple(v.shape)}')
-    _check_regions('routed_attention', q, n_win)
-    scale = _check_scale('routed_attention', scale)
+    checks.tensor('q', q, layout, ndim=5)
+    checks.tensor('k', k, layout, ndim=5)
+    checks.tensor('v', v, '(B, heads, H, W, Dv)', ndim=5)
+    _check_floats(q=q, k=k, v=v)
+    checks.expect_shape('k', k, tuple(q.shape), f'the shape of q {layout}')
+    checks.expect_shape('v', v, tuple(q.shape[:4]) + (v.shape[-1],), '(B, heads, H, W, Dv) with (B, heads, H, W) of q')
+    n_win = _check_regions(q, n_win)
+    scale = checks.scale(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     b, h = q.shape[:2]
     n_reg = n_win * n_win
     layout = '(B, n_win**2, topk) or (B, heads, n_win**2, topk)'
-    topk = _index_width('routed_attention', 'region_index', region_index, (3, 4), layout)
+    topk = _index_width('region_index', region_index, (3, 4), layout)
     if not 1 <= topk <= n_reg:
-        raise ValueError(f'routed_attention: region_index must list 1..{n_reg} regions per query region '
-                         f'(its last dim), got shape {tuple(region_index.shape)}')
-    _check_index('routed_attention', 'region_index', region_index, [(b, n_reg, topk), (b, h, n_reg, topk)], 0,
-                 n_reg, layout, q.device)
-    return _pick('routed_attention', (q, k, v))(q, k, v, region_index, n_win, scale)
+        raise ValueError(f'region_index must list 1..{n_reg} regions per query region (its last dim), got shape '
+                         f'{checks.shape_str(region_index)}')
+    _check_index('region_index', region_index, [(b, n_reg, topk), (b, h, n_reg, topk)], 0, n_reg, layout, q)
+    valid_h, valid_w = _check_valid_hw(valid_hw, q)
+    return _ROUTED(q=q, k=k, v=v, region_index=region_index, n_win=n_win, scale=scale, valid_h=valid_h,
+                   valid_w=valid_w, backend=requested_backend())[0]
 
 
+@fx_leaf
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
                      *, scale: Optional[float] = None) -> torch.Tensor:
     """Index-sparse softmax attention: every query attends to its own list of keys.
@@ -262,21 +276,19 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_inde
     which on a CPU is faster than gathering key rows. Memory O(inputs) on the cpu and triton backends (the
     reference gathers K copies of the listed keys and values).
     """
-    _check_tensor('q', q, 4, '(B, heads, N, D)')
-    _check_tensor('k', k, 4, '(B, heads, Nk, D)')
-    _check_tensor('v', v, 4, '(B, heads, Nk, Dv)')
-    _check_floats('sparse_attention', q=q, k=k, v=v)
-    if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(f'sparse_attention: k must be (B, heads, Nk, D) with (B, heads) = {tuple(q.shape[:2])} '
-                         f'and D = {q.shape[3]} as in q, got {tuple(k.shape)}')
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f'sparse_attention: v must be (B, heads, Nk, Dv) = {tuple(k.shape[:3])} + (Dv,), '
-                         f'got {tuple(v.shape)}')
-    scale = _check_scale('sparse_attention', scale)
-    n_keys = _index_width('sparse_attention', 'key_index', key_index, (4,), '(B, heads, N, K)')
+    checks.tensor('q', q, '(B, heads, N, D)', ndim=4)
+    checks.tensor('k', k, '(B, heads, Nk, D)', ndim=4)
+    checks.tensor('v', v, '(B, heads, Nk, Dv)', ndim=4)
+    _check_floats(q=q, k=k, v=v)
+    checks.expect_shape('k', k, tuple(q.shape[:2]) + (k.shape[2], q.shape[3]),
+                        '(B, heads, Nk, D) with (B, heads) and D of q')
+    checks.expect_shape('v', v, tuple(k.shape[:3]) + (v.shape[3],), '(B, heads, Nk, Dv) with (B, heads, Nk) of k')
+    scale = checks.scale(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    layout = '(B, heads, N, K)'
+    n_keys = _index_width('key_index', key_index, (4,), layout)
     if n_keys < 1:
-        raise ValueError(f'sparse_attention: key_index must list at least one key per query, '
-                         f'got shape {tuple(key_index.shape)}')
-    _check_index('sparse_attention', 'key_index', key_index, [tuple(q.shape[:3]) + (n_keys,)], -1, k.shape[2],
-                 '(B, heads, N, K)', q.device)
-    return _pick('sparse_attention', (q, k, v))(q, k, v, key_index, scale)
+        raise ValueError(f'key_index must list at least one key per query (K >= 1), got shape '
+                         f'{checks.shape_str(key_index)}')
+    _check_index('key_index', key_index, [tuple(q.shape[:3]) + (n_keys,)], -1, k.shape[2], layout, q)
+    return _SPARSE(q=q, k=k, v=v, key_index=key_index, scale=scale, backend=requested_backend())[0]

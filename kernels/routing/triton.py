@@ -27,7 +27,7 @@ registers than a block has, ptxas spills), so fp32 results carry tf32's 10-bit m
 (about 1e-3 relative; the tests allow 3e-3 on GPUs, as for fp16). Under TRITON_INTERPRET=1 fp32 dots run in
 IEEE precision (tests compare them to 2e-5). The sparse kernels use no tensor cores (fp32 vector products).
 """
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -35,13 +35,12 @@ import triton.language as tl
 
 from .. import aot
 from ..backend import triton_interpreted
+from ..library import Backend
+from . import cpu
+from .limits import MAX_HEAD_DIM
 
-__all__ = ['region_topk', 'routed_attention', 'sparse_attention']
+__all__ = ['topk_backend', 'routed_backend', 'sparse_backend']
 
-
-
-# largest (padded) head dim with spill-free configs; kernels.routing checks it before importing this module
-MAX_HEAD_DIM = 64
 _HEAD_DIMS = (16, 32, 64)
 _REGION_BLOCKS = (16, 64)
 
@@ -63,9 +62,17 @@ def _region_tokens(region, offs, n_win, reg_h, reg_w, width):
 
 
 @triton.jit
-def _routed_fwd(Q, K, V, OUT, LSE, IDX, scale, height, width, heads, n_win, reg_h, reg_w, topk, idx_sb, idx_sh,
-                qk_dim, v_dim, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, TF32: tl.constexpr):
+def _real_tokens(region, offs, n_win, reg_h, reg_w, valid_h, valid_w):
+    """Whether the tokens ``offs`` of ``region`` lie inside the valid (unpadded) valid_h x valid_w map."""
+    y = (region // n_win) * reg_h + offs // reg_w
+    x = (region % n_win) * reg_w + offs % reg_w
+    return (y < valid_h) & (x < valid_w)
+
+
+@triton.jit
+def _routed_fwd(Q, K, V, OUT, LSE, IDX, scale, height, width, valid_h, valid_w, heads, n_win, reg_h, reg_w, topk,
+                idx_sb, idx_sh, qk_dim, v_dim, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, TF32: tl.constexpr, MASKED: tl.constexpr):
     pid_m = tl.program_id(0)
     region = tl.program_id(1)
     bh = tl.program_id(2)
@@ -86,7 +93,10 @@ def _routed_fwd(Q, K, V, OUT, LSE, IDX, scale, height, width, heads, n_win, reg_
     q = tl.load(q_base + tok_m[:, None] * qk_dim + offs_dk[None, :], mask=mask_m[:, None] & mask_dk[None, :],
                 other=0.0)
     qk_scale = scale * 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
+    if MASKED:
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a block whose keys are all padding leaves no NaN
+    else:
+        m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)  # the first key of every block is a real one
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     idx_base = IDX + b * idx_sb + hd * idx_sh + region * topk
@@ -96,28 +106,39 @@ def _routed_fwd(Q, K, V, OUT, LSE, IDX, scale, height, width, heads, n_win, reg_
         mask_n = offs_n < n_keys
         key_region = tl.load(idx_base + offs_n // tokens, mask=mask_n, other=0)
         tok_n = _region_tokens(key_region, offs_n % tokens, n_win, reg_h, reg_w, width)
-        k = tl.load(k_base + tok_n[:, None] * qk_dim + offs_dk[None, :], mask=mask_n[:, None] & mask_dk[None, :],
+        if MASKED:
+            real_n = mask_n & _real_tokens(key_region, offs_n % tokens, n_win, reg_h, reg_w, valid_h, valid_w)
+        else:
+            real_n = mask_n
+        k = tl.load(k_base + tok_n[:, None] * qk_dim + offs_dk[None, :], mask=real_n[:, None] & mask_dk[None, :],
                     other=0.0)
         s = _dot(q, tl.trans(k), TF32) * qk_scale
-        s = tl.where(mask_n[None, :], s, float('-inf'))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is always valid
+        s = tl.where(real_n[None, :], s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + tok_n[:, None] * v_dim + offs_dv[None, :], mask=mask_n[:, None] & mask_dv[None, :],
+        v = tl.load(v_base + tok_n[:, None] * v_dim + offs_dv[None, :], mask=real_n[:, None] & mask_dv[None, :],
                     other=0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, TF32)
         m_i = m_new
+    if MASKED:  # a query without any real key: zeros, and an infinite lse (p = 0 in backward)
+        has_keys = l_i > 0.0
+        l_i = tl.where(has_keys, l_i, 1.0)
+        lse = tl.where(has_keys, m_i + tl.log2(l_i), float('inf'))
+    else:
+        lse = m_i + tl.log2(l_i)
     acc = acc / l_i[:, None]
     tl.store(OUT + bh * hw * v_dim + tok_m[:, None] * v_dim + offs_dv[None, :], acc.to(OUT.dtype.element_ty),
              mask=mask_m[:, None] & mask_dv[None, :])
-    tl.store(LSE + bh * hw + tok_m, m_i + tl.log2(l_i), mask=mask_m)  # base-2 units of the scaled logits
+    # base-2 units of the scaled logits
+    tl.store(LSE + bh * hw + tok_m, lse, mask=mask_m)
 
 
 @triton.jit
-def _routed_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, IDX, scale, height, width, heads, n_win, reg_h, reg_w, topk,
-                   idx_sb, idx_sh, qk_dim, v_dim, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr):
+def _routed_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, IDX, scale, height, width, valid_h, valid_w, heads, n_win, reg_h,
+                   reg_w, topk, idx_sb, idx_sh, qk_dim, v_dim, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr, MASKED: tl.constexpr):
     pid_m = tl.program_id(0)
     region = tl.program_id(1)
     bh = tl.program_id(2)
@@ -149,12 +170,16 @@ def _routed_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, IDX, scale, height, width, heads
         mask_n = offs_n < n_keys
         key_region = tl.load(idx_base + offs_n // tokens, mask=mask_n, other=0)
         tok_n = _region_tokens(key_region, offs_n % tokens, n_win, reg_h, reg_w, width)
-        k = tl.load(k_base + tok_n[:, None] * qk_dim + offs_dk[None, :], mask=mask_n[:, None] & mask_dk[None, :],
+        if MASKED:
+            real_n = mask_n & _real_tokens(key_region, offs_n % tokens, n_win, reg_h, reg_w, valid_h, valid_w)
+        else:
+            real_n = mask_n
+        k = tl.load(k_base + tok_n[:, None] * qk_dim + offs_dk[None, :], mask=real_n[:, None] & mask_dk[None, :],
                     other=0.0)
-        v = tl.load(v_base + tok_n[:, None] * v_dim + offs_dv[None, :], mask=mask_n[:, None] & mask_dv[None, :],
+        v = tl.load(v_base + tok_n[:, None] * v_dim + offs_dv[None, :], mask=real_n[:, None] & mask_dv[None, :],
                     other=0.0)
         s = _dot(q, tl.trans(k), TF32) * qk_scale
-        p = tl.where(mask_n[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        p = tl.where(real_n[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), TF32)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, TF32)
@@ -163,9 +188,10 @@ def _routed_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, IDX, scale, height, width, heads
 
 
 @triton.jit
-def _routed_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLIST, OFFS, scale, height, width, heads, n_win, reg_h,
-                     reg_w, row_sb, row_sh, qk_dim, v_dim, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr):
+def _routed_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLIST, OFFS, scale, height, width, valid_h, valid_w, heads,
+                     n_win, reg_h, reg_w, row_sb, row_sh, qk_dim, v_dim, BLOCK_DQK: tl.constexpr,
+                     BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr,
+                     MASKED: tl.constexpr):
     pid_n = tl.program_id(0)
     key_region = tl.program_id(1)
     bh = tl.program_id(2)
@@ -177,6 +203,10 @@ def _routed_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLIST, OFFS, scale, height
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < tokens
     tok_n = _region_tokens(key_region, offs_n, n_win, reg_h, reg_w, width)
+    if MASKED:
+        real_n = mask_n & _real_tokens(key_region, offs_n, n_win, reg_h, reg_w, valid_h, valid_w)
+    else:
+        real_n = mask_n
     offs_dk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_dk = offs_dk < qk_dim
@@ -206,7 +236,10 @@ def _routed_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLIST, OFFS, scale, height
             lse = tl.load(LSE + bh * hw + tok_m, mask=mask_m, other=0.0)
             delta = tl.load(DELTA + bh * hw + tok_m, mask=mask_m, other=0.0)
             s_t = _dot(k, tl.trans(q), TF32) * qk_scale
-            p_t = tl.where(mask_m[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            if MASKED:
+                p_t = tl.where(real_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            else:
+                p_t = tl.where(mask_m[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
             dv += _dot(p_t.to(do.dtype), do, TF32)
             dp_t = _dot(v, tl.trans(do), TF32)
             ds_t = p_t * (dp_t - delta[None, :])
@@ -340,28 +373,29 @@ def _tf32(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and not triton_interpreted()
 
 
-def _routed_config(kernel: str, block: int, head_dim: int, tf32: bool = True) -> aot.Config:
+def _routed_config(kernel: str, block: int, head_dim: int, tf32: bool = True, masked: bool = False) -> aot.Config:
     """The launch config of ``kernel`` ('fwd', 'bwd_dq', 'bwd_dkdv') for a region block and padded head dim.
 
     The one definition: the launchers use it and ``_register`` registers every value it takes. BLOCK_M tiles the
     queries, BLOCK_N the keys (in 'bwd_dkdv' the program owns a BLOCK_N key tile and walks BLOCK_M query tiles).
-    Chosen from the offline report: spill-free on sm_80 and sm_90 in fp32 (tf32 dots), fp16 and bf16.
+    Chosen from the offline report: spill-free on sm_80 and sm_90 in fp32 (tf32 dots), fp16 and bf16. ``masked``:
+    padded keys (``valid_hw``) are left out, which costs a few registers.
     """
     if block == 16:  # 16-row query tiles; a 16-token region is one tile, its routed keys topk * 16
-        if kernel == 'fwd':
-            block_m, block_n, num_warps = 16, 64, 4
-        elif kernel == 'bwd_dq':
-            block_m, block_n, num_warps = 16, 32, 4  # 64 keys spill (fp32 at head dim 64, fp16 at 32 on sm_80)
+        if kernel == 'fwd':  # masked at head dim 64: 64 keys spill fp32 on sm_90
+            block_m, block_n, num_warps = (16, 32, 8) if masked and head_dim > 32 else (16, 64, 4)
+        elif kernel == 'bwd_dq':  # 64 keys spill (fp32 at head dim 64, fp16 at 32 on sm_80); masked: 4 warps spill
+            block_m, block_n, num_warps = 16, 32, 2 if masked and head_dim <= 32 else 4
         else:  # bwd_dkdv: 4 warps on 16 x 16 tiles leave an 8-byte stack frame; 2 warps spill at head dim 64
-            block_m, block_n, num_warps = (16, 16, 2) if head_dim <= 32 else (16, 32, 4)
+            block_m, block_n, num_warps = (16, 16, 2) if head_dim <= 32 else (16, 32, 8 if masked else 4)
     elif kernel == 'fwd':
         block_m, block_n, num_warps = 64, 32, 8
     elif kernel == 'bwd_dq':
         block_m, block_n, num_warps = 64, 32 if head_dim <= 32 else 16, 8
     else:  # bwd_dkdv
         block_m, block_n, num_warps = (16, 64, 8) if head_dim <= 32 else (32, 32, 8)
-    return aot.Config(dict(BLOCK_DQK=head_dim, BLOCK_DV=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, TF32=tf32),
-                      num_warps=num_warps, num_stages=2)
+    return aot.Config(dict(BLOCK_DQK=head_dim, BLOCK_DV=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, TF32=tf32,
+                           MASKED=masked), num_warps=num_warps, num_stages=2)
 
 
 def _sparse_config(kernel: str, head_dim: int) -> aot.Config:
@@ -393,122 +427,113 @@ def _inverse_lists(index: torch.Tensor, n_buckets: int, valid: Optional[torch.Te
     return (order % length).to(torch.int32), offsets.to(torch.int32)
 
 
-class RoutedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int,
-                scale: float) -> torch.Tensor:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, h, hh, ww, d = q.shape
-        dv = v.shape[-1]
-        idx = region_index.to(torch.int32).contiguous()
-        per_head = idx.dim() == 4
-        n_reg, topk = idx.shape[-2], idx.shape[-1]
-        idx_sb = idx.stride(0)
-        idx_sh = idx.stride(1) if per_head else 0
-        reg_h, reg_w = hh // n_win, ww // n_win
-        tokens = reg_h * reg_w
-        cfg = _routed_config('fwd', _region_block(tokens), _head_dim(d, dv), _tf32(q.dtype))
-        out = torch.empty(b, h, hh, ww, dv, dtype=q.dtype, device=q.device)
-        lse = torch.empty(b * h, hh * ww, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(tokens, cfg.constexprs['BLOCK_M']), n_reg, b * h)
-        _routed_fwd[grid](q, k, v, out, lse, idx, scale, hh, ww, h, n_win, reg_h, reg_w, topk, idx_sb, idx_sh, d, dv,
-                          **_launch_options(cfg))
-        ctx.save_for_backward(q, k, v, out, lse, idx)
-        ctx.args = (n_win, scale, per_head)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, out, lse, idx = ctx.saved_tensors
-        n_win, scale, per_head = ctx.args
-        b, h, hh, ww, d = q.shape
-        dv_dim = v.shape[-1]
-        do = grad_out.contiguous()
-        delta = (do.float() * out.float()).sum(-1).reshape(b * h, hh * ww)
-        n_reg, topk = idx.shape[-2], idx.shape[-1]
-        reg_h, reg_w = hh // n_win, ww // n_win
-        tokens = reg_h * reg_w
-        block, head_dim, tf32 = _region_block(tokens), _head_dim(d, dv_dim), _tf32(q.dtype)
-        dq_cfg = _routed_config('bwd_dq', block, head_dim, tf32)
-        dkdv_cfg = _routed_config('bwd_dkdv', block, head_dim, tf32)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        idx_sb, idx_sh = idx.stride(0), (idx.stride(1) if per_head else 0)
-        _routed_bwd_dq[(triton.cdiv(tokens, dq_cfg.constexprs['BLOCK_M']), n_reg, b * h)](
-            q, k, v, do, dq, lse, delta, idx, scale, hh, ww, h, n_win, reg_h, reg_w, topk, idx_sb, idx_sh, d, dv_dim,
-            **_launch_options(dq_cfg))
-        # query regions routed to each key region: entries of each (image[, head]) row, grouped by key region
-        positions, offsets = _inverse_lists(idx.reshape(-1, n_reg * topk), n_reg)
-        qlist = (positions // topk).to(torch.int32)
-        row_sb, row_sh = (h, 1) if per_head else (1, 0)
-        _routed_bwd_dkdv[(triton.cdiv(tokens, dkdv_cfg.constexprs['BLOCK_N']), n_reg, b * h)](
-            q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, hh, ww, h, n_win, reg_h, reg_w, row_sb, row_sh,
-            d, dv_dim, **_launch_options(dkdv_cfg))
-        return dq, dk, dv, None, None, None
+def _routed_index(region_index: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    """The routes as int32, and their strides over images and heads (0: shared by the heads)."""
+    idx = region_index.to(torch.int32).contiguous()
+    return idx, idx.stride(0), (idx.stride(1) if idx.dim() == 4 else 0)
 
 
-class SparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, h, n, d = q.shape
-        n_k, dv = k.shape[2], v.shape[-1]
-        idx = key_index.to(torch.int32).contiguous()
-        n_keys = idx.shape[-1]
-        out = torch.empty(b, h, n, dv, dtype=q.dtype, device=q.device)
-        lse = torch.empty(b * h * n, dtype=torch.float32, device=q.device)
-        cfg = _sparse_config('fwd', _head_dim(d, dv))
-        _sparse_fwd[(n, b * h)](q, k, v, out, lse, idx, scale, n, n_k, n_keys, d, dv, **_launch_options(cfg))
-        ctx.save_for_backward(q, k, v, out, lse, idx)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, out, lse, idx = ctx.saved_tensors
-        scale = ctx.scale
-        b, h, n, d = q.shape
-        n_k, dv_dim = k.shape[2], v.shape[-1]
-        n_keys = idx.shape[-1]
-        do = grad_out.contiguous()
-        delta = (do.float() * out.float()).sum(-1).reshape(-1)
-        head_dim = _head_dim(d, dv_dim)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _sparse_bwd_dq[(n, b * h)](q, k, v, do, dq, lse, delta, idx, scale, n, n_k, n_keys, d, dv_dim,
-                                   **_launch_options(_sparse_config('bwd_dq', head_dim)))
-        rows = idx.reshape(b * h, n * n_keys)
-        positions, offsets = _inverse_lists(rows.clamp(min=0), n_k + 1, valid=rows >= 0)
-        qlist = (positions // n_keys).to(torch.int32)
-        _sparse_bwd_dkdv[(n_k, b * h)](q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, n, n_k, d, dv_dim,
-                                       **_launch_options(_sparse_config('bwd_dkdv', head_dim)))
-        return dq, dk, dv, None, None
+def _routed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int,
+                    scale: float, valid_h: int, valid_w: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, log-sum-exp (B*heads, H*W) fp32); arguments as :mod:`kernels.routing` passes them."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, hh, ww, d = q.shape
+    dv = v.shape[-1]
+    idx, idx_sb, idx_sh = _routed_index(region_index)
+    n_reg, topk = idx.shape[-2], idx.shape[-1]
+    reg_h, reg_w = hh // n_win, ww // n_win
+    tokens = reg_h * reg_w
+    masked = (valid_h, valid_w) != (hh, ww)
+    cfg = _routed_config('fwd', _region_block(tokens), _head_dim(d, dv), _tf32(q.dtype), masked)
+    out = torch.empty(b, h, hh, ww, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b * h, hh * ww, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(tokens, cfg.constexprs['BLOCK_M']), n_reg, b * h)
+    _routed_fwd[grid](q, k, v, out, lse, idx, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w, topk, idx_sb,
+                      idx_sh, d, dv, **_launch_options(cfg))
+    return out, lse
 
 
-# --- public entry points (same signatures as reference.py and cpu.py) -----------------------------------------------
+def _routed_backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], q: torch.Tensor,
+                     k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int, scale: float,
+                     valid_h: int, valid_w: int) -> List[torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out, lse = outputs
+    b, h, hh, ww, d = q.shape
+    dv_dim = v.shape[-1]
+    do = grads[0].contiguous()
+    delta = (do.float() * out.float()).sum(-1).reshape(b * h, hh * ww)
+    idx, idx_sb, idx_sh = _routed_index(region_index)
+    n_reg, topk = idx.shape[-2], idx.shape[-1]
+    reg_h, reg_w = hh // n_win, ww // n_win
+    tokens = reg_h * reg_w
+    block, head_dim, tf32 = _region_block(tokens), _head_dim(d, dv_dim), _tf32(q.dtype)
+    masked = (valid_h, valid_w) != (hh, ww)
+    dq_cfg = _routed_config('bwd_dq', block, head_dim, tf32, masked)
+    dkdv_cfg = _routed_config('bwd_dkdv', block, head_dim, tf32, masked)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _routed_bwd_dq[(triton.cdiv(tokens, dq_cfg.constexprs['BLOCK_M']), n_reg, b * h)](
+        q, k, v, do, dq, lse, delta, idx, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w, topk, idx_sb,
+        idx_sh, d, dv_dim, **_launch_options(dq_cfg))
+    # query regions routed to each key region: entries of each (image[, head]) row, grouped by key region
+    positions, offsets = _inverse_lists(idx.reshape(-1, n_reg * topk), n_reg)
+    qlist = (positions // topk).to(torch.int32)
+    row_sb, row_sh = (h, 1) if idx.dim() == 4 else (1, 0)
+    _routed_bwd_dkdv[(triton.cdiv(tokens, dkdv_cfg.constexprs['BLOCK_N']), n_reg, b * h)](
+        q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w,
+        row_sb, row_sh, d, dv_dim, **_launch_options(dkdv_cfg))
+    return [dq, dk, dv]
 
-def region_topk(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
-    """Region routing is a few small dense ops; the cpu module's PyTorch version runs on any device."""
-    from .cpu import region_topk as _region_topk
-    return _region_topk(q, k, n_win, topk)
+
+def _sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
+                    scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, log-sum-exp (B*heads*N,) fp32); arguments as :mod:`kernels.routing` passes them."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, n, d = q.shape
+    n_k, dv = k.shape[2], v.shape[-1]
+    idx = key_index.to(torch.int32).contiguous()
+    n_keys = idx.shape[-1]
+    out = torch.empty(b, h, n, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b * h * n, dtype=torch.float32, device=q.device)
+    cfg = _sparse_config('fwd', _head_dim(d, dv))
+    _sparse_fwd[(n, b * h)](q, k, v, out, lse, idx, scale, n, n_k, n_keys, d, dv, **_launch_options(cfg))
+    return out, lse
 
 
-def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, n_win: int,
-                     scale: Optional[float] = None) -> torch.Tensor:
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return RoutedAttention.apply(q, k, v, region_index, n_win, float(scale))
+def _sparse_backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], q: torch.Tensor,
+                     k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor, scale: float) -> List[torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out, lse = outputs
+    b, h, n, d = q.shape
+    n_k, dv_dim = k.shape[2], v.shape[-1]
+    idx = key_index.to(torch.int32).contiguous()
+    n_keys = idx.shape[-1]
+    do = grads[0].contiguous()
+    delta = (do.float() * out.float()).sum(-1).reshape(-1)
+    head_dim = _head_dim(d, dv_dim)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _sparse_bwd_dq[(n, b * h)](q, k, v, do, dq, lse, delta, idx, scale, n, n_k, n_keys, d, dv_dim,
+                               **_launch_options(_sparse_config('bwd_dq', head_dim)))
+    rows = idx.reshape(b * h, n * n_keys)
+    positions, offsets = _inverse_lists(rows.clamp(min=0), n_k + 1, valid=rows >= 0)
+    qlist = (positions // n_keys).to(torch.int32)
+    _sparse_bwd_dkdv[(n_k, b * h)](q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, n, n_k, d, dv_dim,
+                                   **_launch_options(_sparse_config('bwd_dkdv', head_dim)))
+    return [dq, dk, dv]
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
-                     scale: Optional[float] = None) -> torch.Tensor:
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return SparseAttention.apply(q, k, v, key_index, float(scale))
+# the backends of the three operators (kernels.library); region routing is a few small dense ops: the cpu
+# backend's PyTorch version runs on any device
+topk_backend = cpu.topk_backend
+routed_backend = Backend(_routed_forward, _routed_backward)
+sparse_backend = Backend(_sparse_forward, _sparse_backward)
 
 
 # --- offline compile registry (python -m kernels.aot) -------------------------------------------------------------
 
 def _signature(fn, types: dict) -> dict:
     """Every parameter of ``fn`` in order: tensors and scalars from ``types``, the rest i32, constexprs last."""
-    return {name: types.get(name, 'constexpr' if name.isupper() and name.startswith(('BLOCK', 'TF32')) else 'i32')
+    return {name: types.get(name, 'constexpr' if name.isupper() and name.startswith(('BLOCK', 'TF32', 'MASKED'))
+                            else 'i32')
             for name in fn.arg_names}
 
 
@@ -521,7 +546,8 @@ def _register() -> None:
     # every config the launchers can pick: each region block and padded head dim; fp32 runs tf32 dots on GPUs
     # (TF32 is ignored for fp16/bf16 operands), so one config list serves the three dtypes
     for kind, fn in (('fwd', _routed_fwd), ('bwd_dq', _routed_bwd_dq), ('bwd_dkdv', _routed_bwd_dkdv)):
-        configs = [_routed_config(kind, block, d) for block in _REGION_BLOCKS for d in _HEAD_DIMS]
+        configs = [_routed_config(kind, block, d, masked=masked)
+                   for block in _REGION_BLOCKS for d in _HEAD_DIMS for masked in (False, True)]
         aot.register(name=f'routing.routed_{kind}', fn=fn, signature=_signature(fn, _TENSORS), configs=configs)
     for kind, fn in (('fwd', _sparse_fwd), ('bwd_dq', _sparse_bwd_dq), ('bwd_dkdv', _sparse_bwd_dkdv)):
         configs = [_sparse_config(kind, d) for d in _HEAD_DIMS]

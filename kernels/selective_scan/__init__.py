@@ -30,56 +30,70 @@ summed over the scans). How the vision models map onto it (model side, no copies
 
 Backends (``kernels.backend``): ``reference`` (the sequential recurrence), ``cpu`` (a C++ loop compiled at
 first use, with a chunked PyTorch scan as fallback), ``triton`` (chunked scan, state in registers).
+
+Operator: ``torch.ops.zoo.selective_scan`` (:mod:`kernels.library`) on the normalized layout: one node under
+torch.compile, torch.export and FX; ONNX export decomposes it into the chunked PyTorch scan (about 2 sqrt(L)
+steps). An empty batch (b = 0) gives an empty output.
 """
 import weakref
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..backend import dispatch
-from . import cpu, reference
+from .. import checks
+from ..backend import requested_backend
+from ..library import Operator, Recompute, empty_stats, fx_leaf, lazy_module
+from . import cpu, limits, native, reference
 
 __all__ = ['selective_scan']
 
-_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TRITON_MAX_N = 32  # kernels.selective_scan.triton keeps states of up to 32 per channel in registers
-_INDEX = (torch.int32, torch.int64)
+_DIFFERENTIABLE = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+
+
+def _fake(backend: str, u: torch.Tensor, A: torch.Tensor, z: Optional[torch.Tensor], orders: Optional[torch.Tensor],
+          **_) -> Tuple[torch.Tensor, ...]:
+    b, _K, d, L = u.shape
+    K, n = 1 if orders is None else orders.shape[0], A.shape[-1]
+    ct = reference.compute_dtype(u)
+    out, last = u.new_empty(b, d, L), u.new_empty(b, K, d, n, dtype=ct)
+    if backend == 'triton':  # chunk-entering states; y (fp32) for the gate's gradient
+        hs = u.new_empty(b, K, d, -(-L // limits.CHUNK), n, dtype=torch.float32)
+        return out, last, hs, u.new_empty((b, d, L) if z is not None else (0,), dtype=torch.float32)
+    if backend == 'cpu' and u.device.type == 'cpu' and native.available():  # y for the gate's gradient
+        return out, last, u.new_empty((b, d, L) if z is not None else (0,), dtype=ct), empty_stats(u)
+    return out, last, empty_stats(u), empty_stats(u)
+
+
+_OP = Operator(
+    'selective_scan',
+    '(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, '
+    'bool delta_softplus, Tensor? orders, bool gather_params) -> (Tensor, Tensor, Tensor, Tensor)',
+    differentiable=_DIFFERENTIABLE, n_outputs=2,
+    backends={'reference': Recompute(reference.selective_scan, _DIFFERENTIABLE, n_stats=2), 'cpu': cpu,
+              'triton': lazy_module('kernels.selective_scan.triton')},
+    triton_limit=lambda u, A, **_: limits.triton_limit(u, A), fake=_fake,
+    # ONNX: the chunked scan (about 2 sqrt(L) steps, not L)
+    decomposition=cpu.selective_scan_torch)
 # id(orders) -> (weak reference, (data pointer, version)) of the index tables already checked
 _checked_orders: Dict[int, Tuple[weakref.ref, Tuple[int, int]]] = {}
 
 
-def _shape(t: torch.Tensor) -> str:
-    return f'({", ".join(str(s) for s in t.shape)})'
-
-
-def _tensor(name: str, t, optional: bool = False, dtypes=_FLOAT) -> None:
-    if t is None and optional:
-        return
-    if not isinstance(t, torch.Tensor):
-        kind = 'a torch.Tensor or None' if optional else 'a torch.Tensor'
-        raise TypeError(f'{name} must be {kind}, got {type(t).__name__}')
-    if t.dtype not in dtypes:
-        if t.is_complex():
-            raise TypeError(f'{name} must be real; complex A/B/C (S4D-Lin style) are not supported, got {t.dtype}')
-        names = ', '.join(str(d).replace('torch.', '') for d in dtypes)
-        raise TypeError(f'{name} must be one of {names}, got {t.dtype}')
-
-
 def _expect(name: str, t: torch.Tensor, expected: Tuple[int, ...], layout: str) -> None:
     if tuple(t.shape) != expected:
-        raise ValueError(f'{name} must be {layout} = {expected}, got shape {_shape(t)}')
+        raise ValueError(f'{name} must be {layout} = {expected}, got shape {checks.shape_str(t)}')
 
 
 def _k_axis(name: str, t: torch.Tensor, axis: int, K: int, layout: str) -> None:
     if t.shape[axis] not in (1, K):
         raise ValueError(f'{name} must be {layout} with a scan axis of size K={K} (one per order) or 1 (shared), '
-                         f'got shape {_shape(t)}')
+                         f'got shape {checks.shape_str(t)}')
 
 
 def _check_orders(orders: torch.Tensor, L: int) -> None:
     if orders.dim() != 2 or orders.shape[1] != L or orders.shape[0] < 1:
-        raise ValueError(f'orders must be (K, L) with L={L} (the length of u), got shape {_shape(orders)}')
+        raise ValueError(f'orders must be (K, L) with L={L} (the length of u), got shape {checks.shape_str(orders)}')
+    if checks.tracing(orders):
+        return  # values are data: not read while tracing
     # inference tensors have no version counter: they are checked at every call
     stamp = None if orders.is_inference() else (orders.data_ptr(), orders._version)
     entry = _checked_orders.get(id(orders))
@@ -98,24 +112,23 @@ def _check_orders(orders: torch.Tensor, L: int) -> None:
 def _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, orders, gather_params) -> None:
     for name, t, optional in (('u', u, False), ('delta', delta, False), ('A', A, False), ('B', B, False),
                               ('C', C, False), ('D', D, True), ('z', z, True), ('delta_bias', delta_bias, True)):
-        _tensor(name, t, optional)
-    _tensor('orders', orders, optional=True, dtypes=_INDEX)
-    for name, flag in (('delta_softplus', delta_softplus), ('return_last_state', return_last_state),
-                       ('gather_params', gather_params)):
-        if not isinstance(flag, bool):
-            raise TypeError(f'{name} must be a bool, got {type(flag).__name__}')
+        (checks.optional_tensor if optional else checks.tensor)(name, t, '')
+    checks.optional_tensor('orders', orders, '(K, L)', dtypes=checks.INDICES)
+    for name, value in (('delta_softplus', delta_softplus), ('return_last_state', return_last_state),
+                        ('gather_params', gather_params)):
+        checks.flag(name, value)
     if orders is None and not gather_params:
         raise ValueError('gather_params=False only applies to a multi-order call (orders given)')
     multi = orders is not None
     if u.dim() != (4 if multi else 3):
         layout = '(b, K|1, d, L) when orders is given' if multi else '(b, d, L)'
-        raise ValueError(f'u must be {layout}, got shape {_shape(u)}')
+        raise ValueError(f'u must be {layout}, got shape {checks.shape_str(u)}')
     b, d, L = u.shape[0], u.shape[-2], u.shape[-1]
-    if b == 0 or d == 0 or L == 0:
-        raise ValueError(f'u must be non-empty, got shape {_shape(u)}')
+    if d == 0 or L == 0:
+        raise ValueError(f'u must be non-empty apart from the batch (d, L >= 1), got shape {checks.shape_str(u)}')
     if A.dim() != (3 if multi else 2) or A.shape[-2] != d or A.shape[-1] == 0:
         layout = f'(K|1, d={d}, n)' if multi else f'(d={d}, n)'
-        raise ValueError(f'A must be {layout}, got shape {_shape(A)}')
+        raise ValueError(f'A must be {layout}, got shape {checks.shape_str(A)}')
     n = A.shape[-1]
     K = orders.shape[0] if multi else 1
     if multi:
@@ -123,7 +136,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_stat
         _k_axis('u', u, 1, K, '(b, K|1, d, L)')
         _k_axis('A', A, 0, K, '(K|1, d, n)')
         if delta.dim() != 4 or (delta.shape[0], delta.shape[2], delta.shape[3]) != (b, d, L):
-            raise ValueError(f'delta must be (b, K|1, d, L) = ({b}, K|1, {d}, {L}), got shape {_shape(delta)}')
+            raise ValueError(f'delta must be (b, K|1, d, L) = ({b}, K|1, {d}, {L}), got shape '
+                             f'{checks.shape_str(delta)}')
         _k_axis('delta', delta, 1, K, '(b, K|1, d, L)')
     else:
         _expect('delta', delta, (b, d, L), '(b, d, L) like u')
@@ -131,19 +145,19 @@ def _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_stat
         lead = 2 if multi else 1  # (b[, K|1]) before (g, n, L) or (n, L)
         layout = '(b, K|1, n, L) or (b, K|1, g, n, L)' if multi else '(b, n, L) or (b, g, n, L)'
         if t.dim() not in (lead + 2, lead + 3) or t.shape[0] != b or tuple(t.shape[-2:]) != (n, L):
-            raise ValueError(f'{name} must be {layout} with b={b}, n={n}, L={L}, got shape {_shape(t)}')
+            raise ValueError(f'{name} must be {layout} with b={b}, n={n}, L={L}, got shape {checks.shape_str(t)}')
         if multi:
             _k_axis(name, t, 1, K, layout)
         if t.dim() == lead + 3:
             g = t.shape[lead]
             if g == 0 or d % g:
-                raise ValueError(f'{name} has {g} groups, which must divide d={d}; got shape {_shape(t)}')
+                raise ValueError(f'{name} has {g} groups, which must divide d={d}; got shape {checks.shape_str(t)}')
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is None:
             continue
         if multi:
             if t.dim() != 2 or t.shape[1] != d:
-                raise ValueError(f'{name} must be (K|1, d={d}), got shape {_shape(t)}')
+                raise ValueError(f'{name} must be (K|1, d={d}), got shape {checks.shape_str(t)}')
             _k_axis(name, t, 0, K, '(K|1, d)')
         else:
             _expect(name, t, (d,), '(d,)')
@@ -151,8 +165,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_stat
         _expect('z', z, (b, d, L), '(b, d, L) (positions in stored order)')
     for name, t in (('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z), ('delta_bias', delta_bias),
                     ('orders', orders)):
-        if t is not None and t.device != u.device:
-            raise ValueError(f'{name} must be on the device of u ({u.device}), got {t.device}')
+        if t is not None:
+            checks.same_device(name, t, 'u', u)
 
 
 def _normalize(u, delta, A, B, C, D, delta_bias, multi: bool):
@@ -169,19 +183,7 @@ def _normalize(u, delta, A, B, C, D, delta_bias, multi: bool):
     return u, delta, A, B, C, D, delta_bias
 
 
-def _triton(*args):
-    u = args[0]
-    if u.dtype not in _TRITON_DTYPES:
-        raise TypeError(f'the triton backend of selective_scan runs float16, bfloat16 and float32 (computing in '
-                        f'float32), got u {u.dtype}; use the cpu or reference backend for {u.dtype}')
-    n = args[2].shape[-1]
-    if n > _TRITON_MAX_N:
-        raise ValueError(f'the triton backend of selective_scan takes state sizes n up to {_TRITON_MAX_N}, got A with '
-                         f'n={n}; use the cpu backend (kernels.use_backend) for larger states')
-    from . import triton as triton_impl  # only here: the package imports on machines without triton
-    return triton_impl.selective_scan(*args)
-
-
+@fx_leaf
 def selective_scan(
         u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
@@ -221,10 +223,8 @@ def selective_scan(
     _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, orders, gather_params)
     multi = orders is not None
     u4, delta4, A3, B5, C5, D2, bias2 = _normalize(u, delta, A, B, C, D, delta_bias, multi)
-    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, orders) if t is not None]
-    impl = dispatch('selective_scan', {'reference': reference.selective_scan, 'cpu': cpu.selective_scan,
-                                       'triton': _triton}, *tensors)
-    out, last = impl(u4, delta4, A3, B5, C5, D2, z, bias2, delta_softplus, orders, gather_params)
+    out, last = _OP(u=u4, delta=delta4, A=A3, B=B5, C=C5, D=D2, z=z, delta_bias=bias2, delta_softplus=delta_softplus,
+                    orders=orders, gather_params=gather_params, backend=requested_backend())
     if not return_last_state:
         return out
     return out, (last if multi else last[:, 0])

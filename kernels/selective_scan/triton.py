@@ -9,7 +9,7 @@ its stored entering state and runs the adjoint recurrence g_t = C_t dy_t + exp(d
 associative scan; a_t h_{t-1} is h_t - x_t (no division). dB and dC are reduced over the channels of a program
 into a per-program slot and summed in a fixed order afterwards (deterministic, no atomics).
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -17,12 +17,12 @@ import triton.language as tl
 
 from kernels import aot
 
-__all__ = ['selective_scan']
+from .limits import CHUNK, MAX_N
 
-CHUNK = 16
+__all__ = ['forward', 'backward']
+
 # (BLOCK_N, BLOCK_D, num_warps): n up to 16 or 32; BLOCK_D * BLOCK_N * CHUNK = 2048 fp32 per 3-D tensor
-_CONFIGS = {16: (8, 4), 32: (4, 8)}
-MAX_N = max(_CONFIGS)
+_CONFIGS = {16: (8, 4), MAX_N: (4, 8)}
 
 
 @triton.jit
@@ -284,95 +284,113 @@ def _group_sum(part: torch.Tensor, g: int) -> torch.Tensor:
     return summed.transpose(1, 2)
 
 
-class _TritonScan(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params):
-        io = u.dtype
-        b, Ku, d, L = u.shape
-        n = A.shape[-1]
-        K = 1 if orders is None else orders.shape[0]
-        ctx.in_dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
-        delta, B, C, z = _to(delta, io), _to(B, io), _to(C, io), _to(z, io)
-        A = A.float().contiguous()
-        D = None if D is None else D.float().contiguous()
-        delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
-        orders_i = u if orders is None else orders.to(torch.int32).contiguous()
-        block_n = 16 if n <= 16 else 32
-        block_d, warps = _CONFIGS[block_n]
-        block_d = _block_d(block_d, d, (B.shape[2], C.shape[2]))
-        n_chunks = triton.cdiv(L, CHUNK)
-        dev = u.device
-        y = torch.empty(b, d, L, device=dev, dtype=torch.float32)
-        out = torch.empty(b, d, L, device=dev, dtype=io)
-        last = torch.empty(b, K, d, n, device=dev, dtype=torch.float32)
-        hs = torch.empty(b, K, d, n_chunks, n, device=dev, dtype=torch.float32)
-        grid = (triton.cdiv(d, block_d), b)
-        dummy = u
-        zz = dummy if z is None else z
-        common = (
-            u.stride(0), _kstride(u, 1), u.stride(2), u.stride(3),
-            delta.stride(0), _kstride(delta, 1), delta.stride(2), delta.stride(3),
-            _kstride(A, 0), A.stride(1), A.stride(2),
-            B.stride(0), _kstride(B, 1), B.stride(2), B.stride(3), B.stride(4),
-            C.stride(0), _kstride(C, 1), C.stride(2), C.stride(3), C.stride(4),
-            0 if D is None else _kstride(D, 0), 0 if delta_bias is None else _kstride(delta_bias, 0),
-            zz.stride(0), zz.stride(-2), zz.stride(-1), L,
-        )
-        sizes = (d, L, n, K, d // B.shape[2], d // C.shape[2], n_chunks)
-        flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_Z=z is not None,
-                     SOFTPLUS=delta_softplus, HAS_ORDERS=orders is not None, GATHER=gather_params)
-        _ss_fwd[grid](
-            u, delta, A, B, C, dummy if D is None else D, dummy if delta_bias is None else delta_bias, zz, orders_i,
-            y, out, last, hs, *common, *sizes, **flags, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK,
-            num_warps=warps)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, orders_i, y if z is not None else None, hs)
-        ctx.launch = (grid, common, sizes, flags, block_d, block_n, warps)
-        ctx.set_materialize_grads(False)
-        return out, last
-
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, orders_i, y, hs = ctx.saved_tensors
-        grid, common, sizes, flags, block_d, block_n, warps = ctx.launch
-        b, Ku, d, L = u.shape
-        n = sizes[2]
-        dev, f32 = u.device, torch.float32
-        dout = torch.zeros(b, d, L, device=dev, dtype=f32) if dout is None else dout.contiguous()
-        dlast_c = None if dlast is None else dlast.float().contiguous()
-        du = torch.zeros(b, Ku, d, L, device=dev, dtype=f32)
-        ddelta = torch.zeros(b, delta.shape[1], d, L, device=dev, dtype=f32)
-        dA = torch.zeros(b, A.shape[0], d, n, device=dev, dtype=f32)
-        dD = torch.zeros(b, 1 if D is None else D.shape[0], d, device=dev, dtype=f32)
-        dbias = torch.zeros(b, 1 if delta_bias is None else delta_bias.shape[0], d, device=dev, dtype=f32)
-        blocks = grid[0]
-        dB = torch.zeros(b, blocks, B.shape[1], n, L, device=dev, dtype=f32)
-        dC = torch.zeros(b, blocks, C.shape[1], n, L, device=dev, dtype=f32)
-        dummy = u
-        grad_strides = (
-            du.stride(0), _kstride(du, 1), ddelta.stride(0), _kstride(ddelta, 1), dA.stride(0), _kstride(dA, 1),
-            dD.stride(0), _kstride(dD, 1), dbias.stride(0), _kstride(dbias, 1),
-            dB.stride(0), dB.stride(1), _kstride(dB, 2), dC.stride(0), dC.stride(1), _kstride(dC, 2),
-        )
-        _ss_bwd[grid](
-            u, delta, A, B, C, dummy if D is None else D, dummy if delta_bias is None else delta_bias,
-            dummy if z is None else z, orders_i, dout, hs, dummy if dlast_c is None else dlast_c,
-            du, ddelta, dA, dD, dbias, dB, dC, *common, *grad_strides, *sizes, **flags,
-            HAS_DLAST=dlast_c is not None, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=warps)
-        u_t, delta_t, A_t, B_t, C_t, D_t, z_t, bias_t = ctx.in_dtypes
-        dz = None
-        if z is not None:
-            zf = z.float()
-            s = torch.sigmoid(zf)
-            dz = (dout.float() * y * s * (1 + zf * (1 - s))).to(z_t)
-        return (du.to(u_t), ddelta.to(delta_t), dA.sum(0).to(A_t), _group_sum(dB, B.shape[2]).to(B_t),
-                _group_sum(dC, C.shape[2]).to(C_t), None if D is None else dD.sum(0).to(D_t), dz,
-                None if delta_bias is None else dbias.sum(0).to(bias_t), None, None, None)
+class _Launch(NamedTuple):
+    """The kernels' view of the arguments (both passes): tensors converted, strides, sizes, flags, grid."""
+    u: torch.Tensor
+    delta: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: Optional[torch.Tensor]
+    z: Optional[torch.Tensor]
+    delta_bias: Optional[torch.Tensor]
+    orders: torch.Tensor
+    grid: Tuple[int, int]
+    common: tuple
+    sizes: tuple
+    flags: dict
+    block_d: int
+    block_n: int
+    warps: int
 
 
-def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params):
-    """The triton backend (normalized layout of ``kernels.selective_scan``); returns (out, last states)."""
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params)
+def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params) -> _Launch:
+    io = u.dtype
+    b, Ku, d, L = u.shape
+    n = A.shape[-1]
+    K = 1 if orders is None else orders.shape[0]
+    delta, B, C, z = _to(delta, io), _to(B, io), _to(C, io), _to(z, io)
+    A = A.float().contiguous()
+    D = None if D is None else D.float().contiguous()
+    delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
+    orders_i = u if orders is None else orders.to(torch.int32).contiguous()
+    block_n = 16 if n <= 16 else 32
+    block_d, warps = _CONFIGS[block_n]
+    block_d = _block_d(block_d, d, (B.shape[2], C.shape[2]))
+    n_chunks = triton.cdiv(L, CHUNK)
+    zz = u if z is None else z
+    common = (
+        u.stride(0), _kstride(u, 1), u.stride(2), u.stride(3),
+        delta.stride(0), _kstride(delta, 1), delta.stride(2), delta.stride(3),
+        _kstride(A, 0), A.stride(1), A.stride(2),
+        B.stride(0), _kstride(B, 1), B.stride(2), B.stride(3), B.stride(4),
+        C.stride(0), _kstride(C, 1), C.stride(2), C.stride(3), C.stride(4),
+        0 if D is None else _kstride(D, 0), 0 if delta_bias is None else _kstride(delta_bias, 0),
+        zz.stride(0), zz.stride(-2), zz.stride(-1), L,
+    )
+    sizes = (d, L, n, K, d // B.shape[2], d // C.shape[2], n_chunks)
+    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_Z=z is not None,
+                 SOFTPLUS=delta_softplus, HAS_ORDERS=orders is not None, GATHER=gather_params)
+    return _Launch(u, delta, A, B, C, D, z, delta_bias, orders_i, (triton.cdiv(d, block_d), b), common, sizes, flags,
+                   block_d, block_n, warps)
+
+
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params):
+    """(out, last states, chunk-entering states (b, K, d, n_chunks, n), y (fp32, with z) or empty); the normalized
+    layout of :mod:`kernels.selective_scan`."""
+    a = _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params)
+    b, _, d, L = u.shape
+    K, n, n_chunks = a.sizes[3], a.sizes[2], a.sizes[6]
+    dev = u.device
+    y = torch.empty(b, d, L, device=dev, dtype=torch.float32)
+    out = torch.empty(b, d, L, device=dev, dtype=u.dtype)
+    last = torch.empty(b, K, d, n, device=dev, dtype=torch.float32)
+    hs = torch.empty(b, K, d, n_chunks, n, device=dev, dtype=torch.float32)
+    dummy = a.u
+    _ss_fwd[a.grid](
+        a.u, a.delta, a.A, a.B, a.C, dummy if a.D is None else a.D, dummy if a.delta_bias is None else a.delta_bias,
+        dummy if a.z is None else a.z, a.orders, y, out, last, hs, *a.common, *a.sizes, **a.flags,
+        BLOCK_D=a.block_d, BLOCK_N=a.block_n, CHUNK=CHUNK, num_warps=a.warps)
+    return out, last, hs, (y if z is not None else u.new_empty(0, dtype=torch.float32))
+
+
+def backward(grads, outputs, needs, u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias) from the stored chunk states (and y for the gate)."""
+    a = _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params)
+    dout, dlast = grads
+    hs, y = outputs[2], outputs[3]
+    b, Ku, d, L = u.shape
+    n = a.sizes[2]
+    dev, f32 = u.device, torch.float32
+    dout = torch.zeros(b, d, L, device=dev, dtype=f32) if dout is None else dout.contiguous()
+    dlast_c = None if dlast is None else dlast.float().contiguous()
+    du = torch.zeros(b, Ku, d, L, device=dev, dtype=f32)
+    ddelta = torch.zeros(b, delta.shape[1], d, L, device=dev, dtype=f32)
+    dA = torch.zeros(b, A.shape[0], d, n, device=dev, dtype=f32)
+    dD = torch.zeros(b, 1 if D is None else D.shape[0], d, device=dev, dtype=f32)
+    dbias = torch.zeros(b, 1 if delta_bias is None else delta_bias.shape[0], d, device=dev, dtype=f32)
+    blocks = a.grid[0]
+    dB = torch.zeros(b, blocks, B.shape[1], n, L, device=dev, dtype=f32)
+    dC = torch.zeros(b, blocks, C.shape[1], n, L, device=dev, dtype=f32)
+    dummy = a.u
+    grad_strides = (
+        du.stride(0), _kstride(du, 1), ddelta.stride(0), _kstride(ddelta, 1), dA.stride(0), _kstride(dA, 1),
+        dD.stride(0), _kstride(dD, 1), dbias.stride(0), _kstride(dbias, 1),
+        dB.stride(0), dB.stride(1), _kstride(dB, 2), dC.stride(0), dC.stride(1), _kstride(dC, 2),
+    )
+    _ss_bwd[a.grid](
+        a.u, a.delta, a.A, a.B, a.C, dummy if a.D is None else a.D, dummy if a.delta_bias is None else a.delta_bias,
+        dummy if a.z is None else a.z, a.orders, dout, hs, dummy if dlast_c is None else dlast_c,
+        du, ddelta, dA, dD, dbias, dB, dC, *a.common, *grad_strides, *a.sizes, **a.flags,
+        HAS_DLAST=dlast_c is not None, BLOCK_D=a.block_d, BLOCK_N=a.block_n, CHUNK=CHUNK, num_warps=a.warps)
+    dz = None
+    if z is not None:
+        zf = a.z.float()
+        sig = torch.sigmoid(zf)
+        dz = (dout.float() * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+    return [du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), _group_sum(dB, B.shape[2]).to(B.dtype),
+            _group_sum(dC, C.shape[2]).to(C.dtype), None if D is None else dD.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
 
 
 _FWD_SIG = {

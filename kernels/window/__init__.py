@@ -1,24 +1,41 @@
 """Attention inside non-overlapping local windows: block windows (Swin, DaViT, MaxViT) and MaxViT's grid."""
-import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..backend import dispatch
-from . import cpu, reference
+from .. import checks
+from ..backend import requested_backend
+from ..library import Operator, Recompute, empty_stats, fx_leaf, lazy_module
+from . import cpu, limits, reference
 
 __all__ = ['window_attention']
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# kernels.window.triton.MAX_HEAD_DIM: the largest head dim its kernels compile for without register spills
-_TRITON_MAX_HEAD_DIM = 64
-_TRITON_MAX_BATCH_HEADS = 65535
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], window_h: int,
+               window_w: int, grid: bool, scale: float) -> torch.Tensor:
+    return reference.window_attention(q, k, v, (window_h, window_w), grid, rel_pos_bias, scale).contiguous()
 
 
-def _shape(t: torch.Tensor) -> str:
-    return f'({", ".join(str(s) for s in t.shape)})'
+def _fake(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+          window_h: int, window_w: int, grid: bool, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    B, heads, H, W, _ = q.shape
+    if backend == 'cpu':  # heads-last memory (kernels.window.cpu)
+        return q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4), empty_stats(q)
+    out = q.new_empty(B, heads, H, W, v.shape[-1])
+    if backend == 'triton':  # the softmax log-sum-exp per query
+        return out, q.new_empty(B * heads, H, W, dtype=torch.float32)
+    return out, empty_stats(q)
+
+
+_OP = Operator(
+    'window_attention',
+    '(Tensor q, Tensor k, Tensor v, Tensor? rel_pos_bias, int window_h, int window_w, bool grid, float scale)'
+    ' -> (Tensor, Tensor)',
+    differentiable=('q', 'k', 'v', 'rel_pos_bias'), n_outputs=1,
+    backends={'reference': Recompute(_reference, ('q', 'k', 'v', 'rel_pos_bias')), 'cpu': cpu,
+              'triton': lazy_module('kernels.window.triton')},
+    triton_limit=lambda q, v, **_: limits.triton_limit(q, v), fake=_fake, decomposition=_reference)
 
 
 def _window(window_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -33,65 +50,7 @@ def _window(window_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return wh, ww
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Union[int, Sequence[int]], grid: bool,
-           rel_pos_bias: Optional[torch.Tensor], scale: Optional[float]) -> Tuple[Tuple[int, int], float]:
-    for name, t in (('q', q), ('k', k), ('v', v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
-        if t.dim() != 5:
-            raise ValueError(f'{name} must be 5-D (B, heads, H, W, D), got shape {_shape(t)}')
-        if t.dtype not in _DTYPES:
-            raise TypeError(f'{name} must be float16, bfloat16, float32 or float64, got {t.dtype}')
-    if k.shape != q.shape:
-        raise ValueError(f'k must have the shape of q {_shape(q)} (B, heads, H, W, D), got {_shape(k)}')
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f'v must be (B, heads, H, W, Dv) with (B, heads, H, W) = {tuple(q.shape[:4])} as q, '
-                         f'got {_shape(v)}')
-    if min(q.shape) == 0 or v.shape[-1] == 0:
-        raise ValueError(f'q, k, v must be non-empty, got q {_shape(q)}, v {_shape(v)}')
-    for name, t in (('k', k), ('v', v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f'{name} must have the dtype of q ({q.dtype}), got {t.dtype}')
-        if t.device != q.device:
-            raise ValueError(f'{name} must be on the device of q ({q.device}), got {t.device}')
-    wh, ww = _window(window_size)
-    if not isinstance(grid, bool):
-        raise TypeError(f'grid must be a bool, got {type(grid).__name__}')
-    if rel_pos_bias is not None:
-        if not isinstance(rel_pos_bias, torch.Tensor):
-            raise TypeError(f'rel_pos_bias must be a torch.Tensor or None, got {type(rel_pos_bias).__name__}')
-        expected = (q.shape[1], 2 * wh - 1, 2 * ww - 1)
-        if tuple(rel_pos_bias.shape) != expected:
-            raise ValueError(f'rel_pos_bias must be (heads, 2*wh-1, 2*ww-1) = {expected} for {q.shape[1]} heads '
-                             f'and window ({wh}, {ww}), got shape {_shape(rel_pos_bias)}')
-        if rel_pos_bias.dtype not in (q.dtype, torch.float32):
-            raise TypeError(f'rel_pos_bias must have the dtype of q ({q.dtype}) or float32, got {rel_pos_bias.dtype}')
-        if rel_pos_bias.device != q.device:
-            raise ValueError(f'rel_pos_bias must be on the device of q ({q.device}), got {rel_pos_bias.device}')
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    elif (not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale)
-          or scale == 0):
-        raise ValueError(f'scale must be a finite non-zero number or None (D ** -0.5), got {scale!r}')
-    return (wh, ww), float(scale)
-
-
-def _triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tuple[int, int], grid: bool,
-            rel_pos_bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    if q.dtype not in _TRITON_DTYPES:
-        raise TypeError(f'the triton backend of window_attention runs float16, bfloat16 and float32, got q '
-                        f'{q.dtype}; use the cpu or reference backend (kernels.use_backend) for {q.dtype}')
-    if max(q.shape[-1], v.shape[-1]) > _TRITON_MAX_HEAD_DIM:
-        raise ValueError(f'the triton backend of window_attention takes head dims (D and Dv) up to '
-                         f'{_TRITON_MAX_HEAD_DIM} (larger tiles spill registers), got q {_shape(q)}, v {_shape(v)}; '
-                         f'use the cpu or reference backend (kernels.use_backend) for larger head dims')
-    if q.shape[0] * q.shape[1] > _TRITON_MAX_BATCH_HEADS:
-        raise ValueError(f'the triton backend of window_attention takes B * heads up to {_TRITON_MAX_BATCH_HEADS} '
-                         f'(a CUDA grid axis), got q {_shape(q)}')
-    from . import triton as triton_impl  # only here: the package imports on machines without triton
-    return triton_impl.window_attention(q, k, v, window_size, grid, rel_pos_bias, scale)
-
-
+@fx_leaf
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Union[int, Sequence[int]], *,
                      grid: bool = False, rel_pos_bias: Optional[torch.Tensor] = None,
                      scale: Optional[float] = None) -> torch.Tensor:
@@ -122,7 +81,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_s
 
     dtypes: float16, bfloat16, float32 on GPU (Triton, fp32 softmax statistics; float32 dots run on tf32 tensor
     cores, fp16-like precision); float32 and float64 on the CPU paths (float16/bfloat16 run there too). Forward and
-    backward on every backend. Head dims: up to 64 on Triton, any on the CPU paths.
+    backward on every backend. Head dims: up to 64 on Triton (:mod:`kernels.window.limits`; beyond, ``auto`` runs
+    the cpu path), any on the CPU paths. An empty batch (B = 0) gives an empty output.
 
     Complexity: O(B * heads * Hp * Wp * wh * ww * (D + Dv)) time for the padded map (Hp, Wp); the cpu path spends
     no FLOP on padded tokens, Triton neither loads nor stores them (masked lanes). Memory kept for backward
@@ -130,9 +90,28 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_s
     chunks of windows and recomputes in backward); neither keeps a partition copy of the map or a score matrix.
 
     Backend: ``kernels.backend`` rule (``ZOO_KERNELS`` / ``kernels.use_backend``): reference, cpu or triton.
+    Operator: ``torch.ops.zoo.window_attention`` (:mod:`kernels.library`): one node under torch.compile,
+    torch.export and FX; ONNX export decomposes it into the reference math.
     """
-    window, scale = _check(q, k, v, window_size, grid, rel_pos_bias, scale)
-    tensors = (q, k, v) if rel_pos_bias is None else (q, k, v, rel_pos_bias)
-    impl = dispatch('window_attention', {'reference': reference.window_attention, 'cpu': cpu.window_attention,
-                                         'triton': _triton}, *tensors)
-    return impl(q, k, v, window, grid, rel_pos_bias, scale)
+    layout = '(B, heads, H, W, D)'
+    checks.tensor('q', q, layout, ndim=5)
+    checks.tensor('k', k, layout, ndim=5)
+    checks.tensor('v', v, '(B, heads, H, W, Dv)', ndim=5)
+    checks.like('k', k, 'q', q)
+    checks.like('v', v, 'q', q)
+    checks.expect_shape('k', k, tuple(q.shape), f'the shape of q {layout}')
+    checks.expect_shape('v', v, tuple(q.shape[:4]) + (v.shape[-1],), '(B, heads, H, W, Dv) with (B, heads, H, W) of q')
+    if min(q.shape[1:]) == 0 or v.shape[-1] == 0:
+        raise ValueError(f'q, k, v must be non-empty apart from the batch, got q {checks.shape_str(q)}, '
+                         f'v {checks.shape_str(v)}')
+    wh, ww = _window(window_size)
+    checks.flag('grid', grid)
+    if rel_pos_bias is not None:
+        checks.tensor('rel_pos_bias', rel_pos_bias, '(heads, 2*wh-1, 2*ww-1)')
+        checks.like('rel_pos_bias', rel_pos_bias, 'q', q, also=(torch.float32,))
+        checks.expect_shape('rel_pos_bias', rel_pos_bias, (q.shape[1], 2 * wh - 1, 2 * ww - 1),
+                            '(heads, 2*wh-1, 2*ww-1)')
+    scale = checks.scale(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _OP(q=q, k=k, v=v, rel_pos_bias=rel_pos_bias, window_h=wh, window_w=ww, grid=grid, scale=scale,
+               backend=requested_backend())[0]

@@ -6,18 +6,19 @@ rectangular groups of windows (per axis: windows whose real tokens fill all wh r
 a strided view of the unpadded (B, heads, H, W, D) tensors (torch.as_strided; every index real), so there is
 no padding, no mask and no padded key or query costs a FLOP. Each group runs in chunks of windows: a chunk
 is copied into (windows, heads, N, D) batches for scaled_dot_product_attention (with the (na, nb) slice of
-the relative bias as attn_mask) and its output written back in place. The backward pass (a custom
-autograd.Function) recomputes each chunk's probabilities, so no partition copy, score matrix or padded tensor
-of the whole map lives between forward and backward: only q, k, v and the output.
+the relative bias as attn_mask) and its output written back in place. The backward pass recomputes each chunk's
+probabilities, so no partition copy, score matrix or padded tensor of the whole map lives between forward and
+backward: only q, k, v and the output. ``forward`` and ``backward`` are the backend of the window_attention
+operator (:mod:`kernels.library`).
 """
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .reference import padded_size, relative_bias
+from .reference import padded_size, relative_bias, relative_bias_grad
 
-__all__ = ['window_attention']
+__all__ = ['forward', 'backward']
 
 # Score elements per chunk of windows (1 MiB of fp32 per score-sized buffer in the backward pass).
 _CHUNK = 1 << 18
@@ -44,6 +45,8 @@ def _runs(size: int, window: int, grid: bool) -> List[Tuple[int, int, int]]:
 
 def _chunks(B: int, heads: int, H: int, W: int, window_size: Tuple[int, int], grid: bool) -> Iterator[Group]:
     """Groups of equal real-token prefix, split along window rows into chunks of about _CHUNK scores."""
+    if B * heads == 0:
+        return  # an empty batch: nothing to compute
     for i0, i1, na in _runs(H, window_size[0], grid):
         for j0, j1, nb in _runs(W, window_size[1], grid):
             n = na * nb
@@ -88,58 +91,58 @@ def _bias_slice(bias: Optional[torch.Tensor], g: Group) -> Optional[torch.Tensor
     return bias[:, :na, :nb, :na, :nb].reshape(1, bias.shape[0], na * nb, na * nb)
 
 
-class _WindowAttention(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
-                window_size: Tuple[int, int], grid: bool, scale: float) -> torch.Tensor:
-        B, heads, H, W, _ = q.shape
-        geo = _Geometry(H, W, window_size, grid)
-        # heads-last memory: the caller's merge of the heads, out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C), is
-        # then a view instead of a copy of the map
-        out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
-        # detached: SDPA leaves its fused CPU kernel for the math one when attn_mask requires grad
-        mask = bias.detach() if bias is not None else None
-        for g in _chunks(B, heads, H, W, window_size, grid):
-            o = F.scaled_dot_product_attention(geo.take(q, g), geo.take(k, g), geo.take(v, g),
-                                               attn_mask=_bias_slice(mask, g), scale=scale)
-            geo.put(out, g, o)
-        ctx.save_for_backward(q, k, v, bias)
-        ctx.geometry = (window_size, grid, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, do: torch.Tensor):
-        q, k, v, bias = ctx.saved_tensors
-        window_size, grid, scale = ctx.geometry
-        B, heads, H, W, _ = q.shape
-        geo = _Geometry(H, W, window_size, grid)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dbias = None
-        if bias is not None and ctx.needs_input_grad[3]:
-            dbias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32), device=bias.device)
-        for g in _chunks(B, heads, H, W, window_size, grid):
-            qg, kg, vg, dog = (geo.take(t, g) for t in (q, k, v, do))
-            s = qg @ kg.transpose(-2, -1)
-            s = s.mul_(scale) if bias is None else torch.add(_bias_slice(bias, g), s, alpha=scale)
-            p = s.softmax(dim=-1)
-            geo.put(dv, g, p.transpose(-2, -1) @ dog)
-            dp = dog @ vg.transpose(-2, -1)
-            ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p)  # p * (dp - rowsum(p * dp))
-            if dbias is not None:
-                na, nb = g[2], g[5]
-                dbias[:, :na, :nb, :na, :nb] += ds.sum(0, dtype=dbias.dtype).view(heads, na, nb, na, nb)
-            geo.put(dq, g, (ds @ kg).mul_(scale))
-            geo.put(dk, g, (ds.transpose(-2, -1) @ qg).mul_(scale))
-        return dq, dk, dv, dbias.to(bias.dtype) if dbias is not None else None, None, None, None
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tuple[int, int], grid: bool,
-                     rel_pos_bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """Arguments already validated by :func:`kernels.window.window_attention`; window_size is (wh, ww)."""
-    heads = q.shape[1]
+def _bias(table: Optional[torch.Tensor], dtype: torch.dtype, window_size: Tuple[int, int]) -> Optional[torch.Tensor]:
+    """(heads, wh, ww, wh, ww) bias of every (query, key) pair of a window, from the (heads, 2wh-1, 2ww-1) table."""
+    if table is None:
+        return None
     wh, ww = window_size
-    bias = None
-    if rel_pos_bias is not None:
-        bias = relative_bias(rel_pos_bias.to(q.dtype), window_size).view(heads, wh, ww, wh, ww)
-    return _WindowAttention.apply(q, k, v, bias, window_size, grid, scale)
+    return relative_bias(table.to(dtype), window_size).view(table.shape[0], wh, ww, wh, ww)
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], window_h: int,
+            window_w: int, grid: bool, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, no statistics); arguments as :data:`kernels.window` passes them to its operator."""
+    window_size = (window_h, window_w)
+    B, heads, H, W, _ = q.shape
+    geo = _Geometry(H, W, window_size, grid)
+    bias = _bias(rel_pos_bias, q.dtype, window_size)
+    # heads-last memory: the caller's merge of the heads, out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C), is
+    # then a view instead of a copy of the map
+    out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
+    for g in _chunks(B, heads, H, W, window_size, grid):
+        o = F.scaled_dot_product_attention(geo.take(q, g), geo.take(k, g), geo.take(v, g),
+                                           attn_mask=_bias_slice(bias, g), scale=scale)
+        geo.put(out, g, o)
+    return out, q.new_empty(0, dtype=torch.float32)
+
+
+def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], q: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], window_h: int, window_w: int,
+             grid: bool, scale: float) -> List[Optional[torch.Tensor]]:
+    """Gradients of q, k, v, rel_pos_bias: each chunk's probabilities recomputed, nothing was stored."""
+    window_size = (window_h, window_w)
+    do = grads[0]
+    B, heads, H, W, _ = q.shape
+    geo = _Geometry(H, W, window_size, grid)
+    bias = _bias(rel_pos_bias, q.dtype, window_size)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    dbias = None
+    if bias is not None and needs['rel_pos_bias']:
+        dbias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32), device=bias.device)
+    for g in _chunks(B, heads, H, W, window_size, grid):
+        qg, kg, vg, dog = (geo.take(t, g) for t in (q, k, v, do))
+        s = qg @ kg.transpose(-2, -1)
+        s = s.mul_(scale) if bias is None else torch.add(_bias_slice(bias, g), s, alpha=scale)
+        p = s.softmax(dim=-1)
+        geo.put(dv, g, p.transpose(-2, -1) @ dog)
+        dp = dog @ vg.transpose(-2, -1)
+        ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p)  # p * (dp - rowsum(p * dp))
+        if dbias is not None:
+            na, nb = g[2], g[5]
+            dbias[:, :na, :nb, :na, :nb] += ds.sum(0, dtype=dbias.dtype).view(heads, na, nb, na, nb)
+        geo.put(dq, g, (ds @ kg).mul_(scale))
+        geo.put(dk, g, (ds.transpose(-2, -1) @ qg).mul_(scale))
+    dtable = None
+    if dbias is not None:
+        dtable = relative_bias_grad(dbias.view(heads, window_h * window_w, -1), window_size).to(rel_pos_bias.dtype)
+    return [dq, dk, dv, dtable]

@@ -1,16 +1,15 @@
 """Window attention in plain PyTorch: pad, partition, scores, mask, softmax. The ground truth of the op."""
-import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['window_attention', 'padded_size', 'partition', 'reverse', 'relative_bias']
+__all__ = ['window_attention', 'padded_size', 'partition', 'reverse', 'relative_bias', 'relative_bias_grad']
 
 
 def padded_size(size: int, window: int) -> int:
     """The map size rounded up to a multiple of the window (block) or grid (grid) size."""
-    return math.ceil(size / window) * window
+    return -(-size // window) * window
 
 
 def partition(x: torch.Tensor, window_size: Tuple[int, int], grid: bool) -> torch.Tensor:
@@ -25,7 +24,7 @@ def partition(x: torch.Tensor, window_size: Tuple[int, int], grid: bool) -> torc
         x = x.view(B, heads, wh, Hp // wh, ww, Wp // ww, D).permute(0, 1, 3, 5, 2, 4, 6)
     else:
         x = x.view(B, heads, Hp // wh, wh, Wp // ww, ww, D).permute(0, 1, 2, 4, 3, 5, 6)
-    return x.reshape(B, heads, -1, wh * ww, D)
+    return x.reshape(B, heads, (Hp // wh) * (Wp // ww), wh * ww, D)
 
 
 def reverse(x: torch.Tensor, window_size: Tuple[int, int], grid: bool, Hp: int, Wp: int) -> torch.Tensor:
@@ -51,6 +50,22 @@ def relative_bias(table: torch.Tensor, window_size: Tuple[int, int]) -> torch.Te
     rows = a[None, :] - a[:, None] + wh - 1
     cols = b[None, :] - b[:, None] + ww - 1
     return table[:, rows, cols]
+
+
+def relative_bias_grad(dbias: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
+    """(heads, N, N) gradient of :func:`relative_bias` -> (heads, 2wh-1, 2ww-1) gradient of the table.
+
+    The transpose of the gather as two one-hot contractions: fixed-order reductions, hence deterministic (unlike
+    index_add/scatter_add on CUDA)."""
+    wh, ww = window_size
+    heads = dbias.shape[0]
+
+    def one_hot(n: int) -> torch.Tensor:  # [query, key, key - query + n - 1]
+        i = torch.arange(n, device=dbias.device)
+        return torch.nn.functional.one_hot(i[None, :] - i[:, None] + n - 1, 2 * n - 1).to(dbias.dtype)
+
+    dbias = dbias.reshape(heads, wh, ww, wh, ww)  # (h, qa, qb, ka, kb)
+    return torch.einsum('hapbq,abu,pqv->huv', dbias, one_hot(wh), one_hot(ww))
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tuple[int, int], grid: bool,

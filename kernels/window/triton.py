@@ -30,7 +30,7 @@ mantissa, i.e. fp16-like errors (about 1e-3 relative; the tests allow 4e-3 on GP
 TRITON_INTERPRET=1 fp32 dots run in IEEE precision (tests compare them to 2e-5).
 """
 import math
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -38,15 +38,14 @@ import triton.language as tl
 
 from .. import aot
 from ..backend import triton_interpreted
-from .reference import padded_size
+from .limits import MAX_HEAD_DIM
+from .reference import padded_size, relative_bias_grad
 
-__all__ = ['window_attention']
+__all__ = ['forward', 'backward']
 
 _LOG2E = 1.4426950408889634
 # dS partial slots per (batch, head) for the bias gradient: bounds its buffer to this many (N, N) tiles
 _BIAS_GRAD_CHUNKS = 8
-# largest (padded) head dim with spill-free configs; kernels.window checks it before importing this module
-MAX_HEAD_DIM = 64
 _BLOCKS = (16, 32, 64)
 _HEAD_DIMS = (16, 32, 64)
 
@@ -322,89 +321,70 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _relative_index_transpose(dbias: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
-    """(heads, N, N) gradient of the gathered bias -> (heads, 2wh-1, 2ww-1) gradient of the table.
-
-    The transpose of the gather as two one-hot contractions (fixed-order reductions, hence deterministic,
-    unlike index_add/scatter_add on CUDA)."""
-    wh, ww = window_size
-    heads = dbias.shape[0]
-    dev = dbias.device
-
-    def one_hot(n: int) -> torch.Tensor:  # [query, key, key - query + n - 1]
-        i = torch.arange(n, device=dev)
-        return torch.nn.functional.one_hot(i[None, :] - i[:, None] + n - 1, 2 * n - 1).to(dbias.dtype)
-
-    dbias = dbias.view(heads, wh, ww, wh, ww)  # (h, qa, qb, ka, kb)
-    return torch.einsum('hapbq,abu,pqv->huv', dbias, one_hot(wh), one_hot(ww))
-
-
-class _WindowAttention(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: Optional[torch.Tensor],
-                window_size: Tuple[int, int], grid: bool, scale: float) -> torch.Tensor:
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        B, heads, H, W, D = q.shape
-        Dv = v.shape[-1]
-        wh, ww = window_size
-        n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, window_size, grid)
-        n_tok = wh * ww
-        cfg = _config('fwd', _block(n_tok), _head_dim(D, Dv), table is not None,
-                      precision=_dot_precision(q.dtype))
-        bias = table.detach().float().contiguous() if table is not None else q.new_empty(1, dtype=torch.float32)
-        out = q.new_empty(B, heads, H, W, Dv)
-        lse = torch.empty(B * heads, H, W, device=q.device, dtype=torch.float32)
-        launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, cfg.constexprs['BLOCK_M']))
-        _fwd_kernel[launch](
-            q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale, **_launch_options(cfg))
-        ctx.save_for_backward(q, k, v, out, lse, bias)
-        ctx.has_bias = table is not None
-        ctx.table_dtype = table.dtype if table is not None else None
-        ctx.window_size, ctx.grid, ctx.scale = window_size, grid, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, do: torch.Tensor):
-        q, k, v, out, lse, bias = ctx.saved_tensors
-        do = _last_dim_contiguous(do)
-        B, heads, H, W, D = q.shape
-        Dv = v.shape[-1]
-        wh, ww = ctx.window_size
-        n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, ctx.window_size, ctx.grid)
-        n_win, n_tok = n_win_h * n_win_w, wh * ww
-        block, head_dim, precision = _block(n_tok), _head_dim(D, Dv), _dot_precision(q.dtype)
-        dq_cfg = _config('bwd_dq', block, head_dim, ctx.has_bias, precision=precision)
-        geometry = (heads, H, W, wh, ww)
-        coords = (wsy, wsx, tsy, tsx)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = torch.empty_like(lse)
-        _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, dq_cfg.constexprs['BLOCK_M']))](
-            q, k, v, out, do, dq, lse, delta, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, ctx.scale, **_launch_options(dq_cfg))
-
-        bias_grad = ctx.has_bias and ctx.needs_input_grad[3]
-        n_chunks = min(n_win, _BIAS_GRAD_CHUNKS) if bias_grad else n_win
-        per_program = math.ceil(n_win / n_chunks)
-        n_chunks = math.ceil(n_win / per_program)
-        dbias = (torch.zeros(B, n_chunks, heads, n_tok, n_tok, device=q.device, dtype=torch.float32)
-                 if bias_grad else bias)
-        dkdv_cfg = _config('bwd_dkdv', block, head_dim, ctx.has_bias, bias_grad, precision=precision)
-        _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, dkdv_cfg.constexprs['BLOCK_N']))](
-            q, k, v, do, dk, dv, lse, delta, bias, dbias, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-            *_strides(dk), *_strides(dv), *geometry, n_win, n_win_w, per_program, *coords, D, Dv, ctx.scale,
-            **_launch_options(dkdv_cfg))
-        dtable = None
-        if bias_grad:
-            dtable = _relative_index_transpose(dbias.sum((0, 1)), ctx.window_size).to(ctx.table_dtype)
-        return dq, dk, dv, dtable, None, None, None
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], window_h: int,
+            window_w: int, grid: bool, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, softmax log-sum-exp (B * heads, H, W) fp32); arguments as :mod:`kernels.window` passes them."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    B, heads, H, W, D = q.shape
+    Dv = v.shape[-1]
+    wh, ww = window_size = (window_h, window_w)
+    n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, window_size, grid)
+    n_tok = wh * ww
+    cfg = _config('fwd', _block(n_tok), _head_dim(D, Dv), rel_pos_bias is not None, precision=_dot_precision(q.dtype))
+    bias = _table(rel_pos_bias, q)
+    out = q.new_empty(B, heads, H, W, Dv)
+    lse = torch.empty(B * heads, H, W, device=q.device, dtype=torch.float32)
+    launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, cfg.constexprs['BLOCK_M']))
+    _fwd_kernel[launch](
+        q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale, **_launch_options(cfg))
+    return out, lse
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Tuple[int, int], grid: bool,
-                     rel_pos_bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """Arguments already validated by :func:`kernels.window.window_attention`; window_size is (wh, ww)."""
-    return _WindowAttention.apply(q, k, v, rel_pos_bias, window_size, grid, scale)
+def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict[str, bool], q: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], window_h: int, window_w: int,
+             grid: bool, scale: float) -> List[Optional[torch.Tensor]]:
+    """Gradients of q, k, v and rel_pos_bias from the forward's output and log-sum-exp."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = outputs
+    do = _last_dim_contiguous(grads[0])
+    B, heads, H, W, D = q.shape
+    Dv = v.shape[-1]
+    wh, ww = window_size = (window_h, window_w)
+    has_bias = rel_pos_bias is not None
+    bias = _table(rel_pos_bias, q)
+    n_win_h, n_win_w, wsy, wsx, tsy, tsx = _geometry(H, W, window_size, grid)
+    n_win, n_tok = n_win_h * n_win_w, wh * ww
+    block, head_dim, precision = _block(n_tok), _head_dim(D, Dv), _dot_precision(q.dtype)
+    dq_cfg = _config('bwd_dq', block, head_dim, has_bias, precision=precision)
+    geometry = (heads, H, W, wh, ww)
+    coords = (wsy, wsx, tsy, tsx)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    delta = torch.empty_like(lse)
+    _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, dq_cfg.constexprs['BLOCK_M']))](
+        q, k, v, out, do, dq, lse, delta, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, scale, **_launch_options(dq_cfg))
+
+    bias_grad = has_bias and needs['rel_pos_bias']
+    n_chunks = min(n_win, _BIAS_GRAD_CHUNKS) if bias_grad else n_win
+    per_program = math.ceil(n_win / n_chunks)
+    n_chunks = math.ceil(n_win / per_program)
+    dbias = (torch.zeros(B, n_chunks, heads, n_tok, n_tok, device=q.device, dtype=torch.float32)
+             if bias_grad else bias)
+    dkdv_cfg = _config('bwd_dkdv', block, head_dim, has_bias, bias_grad, precision=precision)
+    _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, dkdv_cfg.constexprs['BLOCK_N']))](
+        q, k, v, do, dk, dv, lse, delta, bias, dbias, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+        *_strides(dk), *_strides(dv), *geometry, n_win, n_win_w, per_program, *coords, D, Dv, scale,
+        **_launch_options(dkdv_cfg))
+    dtable = relative_bias_grad(dbias.sum((0, 1)), window_size).to(rel_pos_bias.dtype) if bias_grad else None
+    return [dq, dk, dv, dtable]
+
+
+def _table(rel_pos_bias: Optional[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
+    """The bias table as the kernels read it (fp32, contiguous), or a placeholder pointer."""
+    if rel_pos_bias is None:
+        return q.new_empty(1, dtype=torch.float32)
+    return rel_pos_bias.detach().float().contiguous()
 
 
 def _register() -> None:

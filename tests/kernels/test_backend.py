@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import kernels
-from kernels.backend import ENV_VAR, dispatch, requested_backend, resolve_backend, use_backend
+from kernels.backend import ENV_VAR, requested_backend, resolve_backend, select, use_backend
 
 IMPLS = {'reference': lambda: 'reference', 'cpu': lambda: 'cpu', 'triton': lambda: 'triton'}
 
@@ -19,7 +19,7 @@ def test_auto_is_cpu_path_for_cpu_tensors():
     x = torch.zeros(2)
     assert requested_backend() == 'auto'
     assert resolve_backend(x) == 'cpu'
-    assert dispatch('op', IMPLS, x)() == 'cpu'
+    assert select('op', IMPLS, [x], lambda: None)() == 'cpu'
 
 
 def test_env_var_selects_backend(monkeypatch):
@@ -96,7 +96,7 @@ def test_auto_picks_triton_only_for_cuda_tensors(monkeypatch):
 def test_dispatch_names_missing_backend():
     expected = "my_op has no 'reference' backend; it has cpu"
     with use_backend('reference'), pytest.raises(NotImplementedError, match=expected):
-        dispatch('my_op', {'cpu': IMPLS['cpu']}, torch.zeros(1))
+        select('my_op', {'cpu': IMPLS['cpu']}, [torch.zeros(1)], lambda: None)
 
 
 def test_triton_is_importable_here():

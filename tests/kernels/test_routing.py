@@ -4,6 +4,7 @@ import torch
 
 import kernels.routing as routing
 from kernels.backend import ENV_VAR, use_backend
+from kernels.library import OPERATORS
 from kernels.routing import cpu, reference
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
@@ -184,6 +185,168 @@ def test_routed_attention_cpu_accepts_strided_inputs():
     torch.testing.assert_close(routing.routed_attention(q, k, v, idx, 2), want)
 
 
+# --- valid_hw: padded tokens masked (BiFormer with exact masking) -------------------------------------------------
+
+def _brute_topk(q, k, n_win, topk, valid_hw):
+    """Region means over the valid tokens, -inf for key regions without one, by loops over regions."""
+    b, h, hh, ww, d = q.shape
+    rh, rw = hh // n_win, ww // n_win
+    vh, vw = valid_hw
+    means_q, means_k, empty = [], [], []
+    for j in range(n_win):
+        for i in range(n_win):
+            ys, xs = slice(j * rh, min((j + 1) * rh, vh)), slice(i * rw, min((i + 1) * rw, vw))
+            sub_q, sub_k = q[:, :, ys, xs], k[:, :, ys, xs]
+            empty.append(sub_q.numel() == 0)
+            means_q.append(sub_q.mean((2, 3)) if sub_q.numel() else torch.zeros(b, h, d, dtype=q.dtype))
+            means_k.append(sub_k.mean((2, 3)) if sub_k.numel() else torch.zeros(b, h, d, dtype=q.dtype))
+    q_r, k_r = (torch.stack(m, 1).reshape(b, n_win * n_win, h * d) for m in (means_q, means_k))
+    affinity = (q_r @ k_r.transpose(-1, -2)).masked_fill(torch.tensor(empty), float('-inf'))
+    return torch.topk(affinity, topk, -1).indices
+
+
+def _brute_routed(q, k, v, idx, n_win, scale, valid_hw):
+    """Per query: softmax over the valid tokens of its routed regions (zeros without any)."""
+    b, h, hh, ww, d = q.shape
+    rh, rw = hh // n_win, ww // n_win
+    out = torch.zeros(*q.shape[:4], v.shape[-1], dtype=q.dtype)
+    for bi in range(b):
+        for hi in range(h):
+            routes = idx[bi, hi] if idx.dim() == 4 else idx[bi]
+            for y in range(hh):
+                for x in range(ww):
+                    keys = [(ky, kx) for r in routes[(y // rh) * n_win + x // rw].tolist()
+                            for ky in range((r // n_win) * rh, (r // n_win + 1) * rh)
+                            for kx in range((r % n_win) * rw, (r % n_win + 1) * rw)
+                            if ky < valid_hw[0] and kx < valid_hw[1]]
+                    if not keys:
+                        continue
+                    ky, kx = torch.tensor(keys).T
+                    p = torch.softmax(k[bi, hi, ky, kx] @ q[bi, hi, y, x] * scale, 0)
+                    out[bi, hi, y, x] = p @ v[bi, hi, ky, kx]
+    return out
+
+
+@pytest.mark.parametrize('backend', ['reference', 'cpu'])
+@pytest.mark.parametrize('shape,n_win,topk,valid_hw', [
+    ((2, 2, 9, 12, 3), 3, 4, (7, 10)),   # partly padded regions on both axes
+    ((1, 3, 8, 8, 4), 4, 16, (3, 8)),    # whole key regions padded: fewer valid regions than topk
+    ((2, 1, 6, 6, 2), 2, 2, (6, 6)),     # nothing padded: as valid_hw=None
+])
+def test_region_topk_valid_hw(backend, shape, n_win, topk, valid_hw):
+    q, k, _ = _qkv(shape, 1, torch.float64, seed=sum(valid_hw))
+    with use_backend(backend):
+        got = routing.region_topk(q, k, n_win, topk, valid_hw=valid_hw)
+        unmasked = routing.region_topk(q, k, n_win, topk)
+    want = _brute_topk(q, k, n_win, topk, valid_hw)
+    n_valid = len({(j, i) for j in range(n_win) for i in range(n_win)
+                   if j * (shape[2] // n_win) < valid_hw[0] and i * (shape[3] // n_win) < valid_hw[1]})
+    # the valid regions come first in the same order; beyond them, the picks are any of the empty regions
+    assert torch.equal(got[..., :min(topk, n_valid)], want[..., :min(topk, n_valid)])
+    if valid_hw == shape[2:4]:
+        assert torch.equal(got, unmasked)
+
+
+VALID_CASES = [
+    # (B, heads, H, W, D, Dv, n_win, topk, per_head, valid_hw)
+    (2, 2, 9, 12, 4, 5, 3, 3, False, (7, 10)),
+    (1, 2, 8, 8, 8, 8, 2, 2, True, (5, 3)),     # per-head routes, 16-token regions (flash-sized)
+    (1, 1, 8, 8, 3, 3, 4, 4, False, (3, 2)),    # most regions fully padded
+]
+
+
+def _valid_routes(case, q, k):
+    b, h, hh, ww, d, dv, n_win, topk, per_head, valid_hw = case
+    if per_head:
+        return _random_routes(b, h, n_win * n_win, topk, seed=hh, per_head=True)
+    return reference.region_topk(q, k, n_win, topk, valid_hw)
+
+
+@pytest.mark.parametrize('case', VALID_CASES)
+def test_routed_attention_valid_hw_reference_matches_brute_force(case):
+    b, h, hh, ww, d, dv, n_win, topk, per_head, valid_hw = case
+    q, k, v = _qkv((b, h, hh, ww, d), dv, torch.float64)
+    idx = _valid_routes(case, q, k)
+    want = _brute_routed(q, k, v, idx, n_win, 0.6, valid_hw)
+    with use_backend('reference'):
+        got = routing.routed_attention(q, k, v, idx, n_win, scale=0.6, valid_hw=valid_hw)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize('case', VALID_CASES)
+def test_routed_attention_valid_hw_cpu_matches_reference(case, monkeypatch):
+    b, h, hh, ww, d, dv, n_win, topk, per_head, valid_hw = case
+    monkeypatch.setattr(cpu, '_CHUNK_ELEMENTS', 300)  # several chunks
+    monkeypatch.setattr(cpu, '_FLASH_MIN_TOKENS', 1)  # masking must not take the flash route
+    q, k, v = _qkv((b, h, hh, ww, d), dv, torch.float64, seed=1)
+    idx = _valid_routes(case, q, k)
+    grad = torch.randn(b, h, hh, ww, dv, dtype=torch.float64)
+    want = _grads(lambda q, k, v: reference.routed_attention(q, k, v, idx, n_win, 0.6, valid_hw), (q, k, v), grad)
+    with use_backend('cpu'):
+        got = _grads(lambda q, k, v: routing.routed_attention(q, k, v, idx, n_win, scale=0.6, valid_hw=valid_hw),
+                     (q, k, v), grad)
+    _assert_close_all(got, want, 1e-12, 1e-12)
+    ky, kx = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing='ij')
+    padded = (ky >= valid_hw[0]) | (kx >= valid_hw[1])
+    assert not got[2][:, :, padded].any() and not got[3][:, :, padded].any()  # no gradient to padded keys
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 2e-5), (torch.float16, 2e-3)])
+def test_routed_attention_valid_hw_cpu_low_precision(dtype, tol):
+    b, h, hh, ww, d, n_win, topk, valid_hw = 2, 2, 8, 12, 8, 4, 3, (6, 9)
+    q, k, v = _qkv((b, h, hh, ww, d), d, dtype)
+    idx = routing.region_topk(q, k, n_win, topk, valid_hw=valid_hw)
+    grad = torch.randn(b, h, hh, ww, d).to(dtype)
+    want = _grads(lambda q, k, v: reference.routed_attention(q, k, v, idx, n_win, None, valid_hw),
+                  [t.double() for t in (q, k, v)], grad.double())
+    got = _grads(lambda q, k, v: routing.routed_attention(q, k, v, idx, n_win, valid_hw=valid_hw), (q, k, v), grad)
+    assert all(t.dtype == dtype for t in got)
+    _assert_close_all(got, want, tol, tol)
+
+
+def test_routed_attention_valid_hw_query_without_valid_keys_gets_zeros():
+    q, k, v = _qkv((1, 1, 4, 4, 2), 3, torch.float64)
+    idx = torch.tensor([[[3], [0], [0], [0]]])  # region 0 routes only to region 3, all padding below
+    for backend in ('reference', 'cpu'):
+        with use_backend(backend):
+            out = routing.routed_attention(q, k, v, idx, 2, valid_hw=(2, 2))
+        assert torch.equal(out[0, 0, :2, :2], torch.zeros(2, 2, 3, dtype=torch.float64)), backend
+        assert torch.isfinite(out).all()
+
+
+def test_routed_attention_valid_hw_gradcheck_cpu():
+    q, k, v = _qkv((1, 2, 4, 6, 2), 3, torch.float64)
+    idx = torch.tensor([[[1, 0], [2, 3], [3, 1], [0, 2]]])
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    with use_backend('cpu'):
+        assert torch.autograd.gradcheck(
+            lambda q, k, v: routing.routed_attention(q, k, v, idx, 2, scale=0.9, valid_hw=(3, 4)), inputs)
+
+
+def test_valid_hw_of_the_whole_map_is_no_masking():
+    q, k, v = _qkv((2, 2, 6, 8, 4), 4, torch.float64)
+    idx = routing.region_topk(q, k, 2, 2)
+    for backend in ('reference', 'cpu'):
+        with use_backend(backend):
+            a = routing.routed_attention(q, k, v, idx, 2, valid_hw=(6, 8))
+            b = routing.routed_attention(q, k, v, idx, 2)
+        assert torch.equal(a, b), backend
+
+
+@pytest.mark.parametrize('valid_hw,error,match', [
+    ((0, 4), ValueError, r'valid_hw\[0\] .* must be in \[1, 4\], got 0'),
+    ((4, 7), ValueError, r'valid_hw\[1\] .* must be in \[1, 6\], got 7'),
+    ((4.0, 6), TypeError, r'valid_hw\[0\] .* must be an int, got float'),
+    (4, TypeError, r'valid_hw must be None or a pair \(h, w\) of ints, got 4'),
+])
+def test_valid_hw_errors(valid_hw, error, match):
+    args = _routed_args()
+    with pytest.raises(error, match=match):
+        routing.routed_attention(**args, valid_hw=valid_hw)
+    with pytest.raises(error, match=match):
+        routing.region_topk(args['q'], args['k'], 2, 2, valid_hw=valid_hw)
+
+
 # --- sparse_attention ---------------------------------------------------------------------------------------------
 
 def _key_index(b, h, n, nk, n_keys, seed=0, empty=0.0, repeats=False):
@@ -290,8 +453,18 @@ def test_auto_backend_is_cpu_and_env_selects_reference(monkeypatch):
     q, k, v = _qkv((1, 1, 4, 4, 2), 2)
     idx = torch.tensor([[[0], [1], [2], [3]]])
     calls = []
-    monkeypatch.setattr(reference, 'routed_attention', lambda *a: calls.append('reference') or a[0])
-    monkeypatch.setattr(cpu, 'routed_attention', lambda *a: calls.append('cpu') or a[0])
+    backends = OPERATORS['routed_attention'].backends
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.backend = name, backends[name]
+
+        def forward(self, **kw):
+            calls.append(self.name)
+            return self.backend.forward(**kw)
+
+    for name in ('reference', 'cpu'):
+        monkeypatch.setitem(backends, name, Spy(name))
     routing.routed_attention(q, k, v, idx, 2)
     monkeypatch.setenv(ENV_VAR, 'reference')
     routing.routed_attention(q, k, v, idx, 2)
@@ -301,7 +474,7 @@ def test_auto_backend_is_cpu_and_env_selects_reference(monkeypatch):
 def test_triton_backend_refuses_float64_when_asked(monkeypatch):
     monkeypatch.setenv('TRITON_INTERPRET', '1')
     q, k, v = _qkv((1, 1, 4, 4, 2), 2, torch.float64)
-    with use_backend('triton'), pytest.raises(TypeError, match='no float64 kernels'):
+    with use_backend('triton'), pytest.raises(ValueError, match='triton backend of routed_attention runs float16'):
         routing.routed_attention(q, k, v, torch.zeros(1, 4, 1, dtype=torch.long), 2)
 
 
@@ -325,18 +498,19 @@ def _routed_args(**over):
 @pytest.mark.parametrize('over,error,match', [
     (dict(q=torch.zeros(2, 4, 6, 3)), ValueError, r'q must be 5-D \(B, heads, H, W, D\), got shape \(2, 4, 6, 3\)'),
     (dict(q=[1.0]), TypeError, 'q must be a torch.Tensor'),
-    (dict(k=torch.zeros(2, 2, 4, 6, 4)), ValueError, r'k must have the shape of q \(2, 2, 4, 6, 3\)'),
+    (dict(k=torch.zeros(2, 2, 4, 6, 4)), ValueError, r'k must be the shape of q .* = \(2, 2, 4, 6, 3\)'),
     (dict(v=torch.zeros(2, 2, 4, 5, 3)), ValueError, r'v must be \(B, heads, H, W, Dv\)'),
-    (dict(v=torch.zeros(2, 2, 4, 6, 3, dtype=torch.float64)), TypeError, 'v has dtype torch.float64 but q'),
+    (dict(v=torch.zeros(2, 2, 4, 6, 3, dtype=torch.float64)), TypeError,
+     r'v must have the dtype of q \(torch.float32\), got torch.float64'),
     (dict(q=torch.zeros(2, 2, 4, 6, 3, dtype=torch.int32)), TypeError, 'q must be float16, bfloat16, float32'),
     (dict(n_win=4), ValueError, r'H x W = 4 x 6 .* multiple of n_win = 4'),
     (dict(n_win=2.0), TypeError, 'n_win must be an int'),
     (dict(region_index=torch.zeros(2, 4, 2)), TypeError, 'region_index must be int32 or int64, got torch.float32'),
     (dict(region_index=torch.zeros(2, 3, 2, dtype=torch.long)), ValueError,
-     r'region_index must have shape .* = \(2, 4, 2\) or \(2, 2, 4, 2\), got \(2, 3, 2\)'),
+     r'region_index must be .* = \(2, 4, 2\) or \(2, 2, 4, 2\), got shape \(2, 3, 2\)'),
     (dict(region_index=torch.zeros(2, 4, 5, dtype=torch.long)), ValueError, r'must list 1\.\.4 regions'),
     (dict(region_index=torch.full((2, 4, 2), 4)), ValueError, r'values must be in \[0, 3\], got values in \[4, 4\]'),
-    (dict(region_index=torch.zeros(2, 4)), ValueError, 'region_index must have shape'),
+    (dict(region_index=torch.zeros(2, 4, dtype=torch.long)), ValueError, 'region_index must be 3-D or 4-D'),
 ])
 def test_routed_attention_errors(over, error, match):
     with pytest.raises(error, match=match):
@@ -344,7 +518,7 @@ def test_routed_attention_errors(over, error, match):
 
 
 def test_routed_attention_scale_error():
-    with pytest.raises(ValueError, match='scale must be finite'):
+    with pytest.raises(ValueError, match='scale must be a finite'):
         routing.routed_attention(**_routed_args(), scale=float('nan'))
 
 
@@ -356,12 +530,13 @@ def test_region_topk_errors(topk, match):
 
 
 @pytest.mark.parametrize('over,error,match', [
-    (dict(k=torch.zeros(2, 2, 7, 4)), ValueError, r'k must be \(B, heads, Nk, D\) .* D = 3'),
-    (dict(v=torch.zeros(2, 2, 6, 2)), ValueError, r'v must be \(B, heads, Nk, Dv\) = \(2, 2, 7\)'),
+    (dict(k=torch.zeros(2, 2, 7, 4)), ValueError, r'k must be \(B, heads, Nk, D\) .* = \(2, 2, 7, 3\)'),
+    (dict(v=torch.zeros(2, 2, 6, 2)), ValueError, r'v must be \(B, heads, Nk, Dv\) .* = \(2, 2, 7, 2\)'),
     (dict(key_index=torch.zeros(2, 2, 5, 0, dtype=torch.long)), ValueError, 'at least one key'),
     (dict(key_index=torch.full((2, 2, 5, 3), 7)), ValueError, r'values must be in \[-1, 6\], got values in \[7, 7\]'),
     (dict(key_index=torch.full((2, 2, 5, 3), -2)), ValueError, r'values must be in \[-1, 6\]'),
-    (dict(key_index=torch.zeros(2, 2, 4, 3, dtype=torch.long)), ValueError, r'\(2, 2, 5, 3\), got \(2, 2, 4, 3\)'),
+    (dict(key_index=torch.zeros(2, 2, 4, 3, dtype=torch.long)), ValueError,
+     r'\(2, 2, 5, 3\), got shape \(2, 2, 4, 3\)'),
 ])
 def test_sparse_attention_errors(over, error, match):
     q, _, _ = _qkv((2, 2, 5, 3), 1)

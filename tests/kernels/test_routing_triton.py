@@ -95,6 +95,46 @@ def test_routed_attention_triton_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+VALID_CASES = [
+    # (B, heads, H, W, D, Dv, n_win, topk, per_head, valid_hw, dtype)
+    (2, 2, 9, 12, 4, 5, 3, 3, False, (7, 10), torch.float32),
+    (1, 2, 8, 8, 16, 16, 2, 2, True, (5, 3), torch.float32),    # per-head routes, 16-token regions
+    (1, 1, 16, 16, 8, 8, 2, 2, False, (9, 13), torch.float32),  # 64-token regions: blocks of padding only
+    (1, 2, 8, 12, 16, 16, 4, 3, False, (6, 9), torch.float16),
+]
+
+
+@pytest.mark.parametrize('case', VALID_CASES)
+def test_routed_attention_triton_valid_hw_matches_reference(case):
+    b, h, hh, ww, d, dv, n_win, topk, per_head, valid_hw, dtype = case
+    q, k, v = (_rand(b, h, hh, ww, c, dtype=dtype, seed=s) for s, c in ((1, d), (2, d), (3, dv)))
+    g = torch.Generator().manual_seed(topk)
+    if per_head:  # random routes: some queries may see no valid key at all (zeros)
+        idx = torch.rand(b, h, n_win ** 2, n_win ** 2, generator=g).argsort(-1)[..., :topk].to(DEVICE)
+    else:
+        idx = reference.region_topk(q.double(), k.double(), n_win, topk, valid_hw)
+    grad = _rand(b, h, hh, ww, dv, dtype=dtype, seed=4)
+    want = _grads(lambda q, k, v: reference.routed_attention(q, k, v, idx, n_win, 0.4, valid_hw),
+                  [t.double() for t in (q, k, v)], grad.double())
+    with use_backend('triton'):
+        got = _grads(lambda q, k, v: routing.routed_attention(q, k, v, idx, n_win, scale=0.4, valid_hw=valid_hw),
+                     (q, k, v), grad)
+    _check(got, want, FP32_TOL if dtype == torch.float32 else 3e-3)
+
+
+def test_routed_attention_triton_valid_hw_query_without_valid_keys_gets_zeros():
+    q, k, v = (_rand(1, 1, 8, 8, 16, seed=s) for s in (1, 2, 3))
+    idx = torch.tensor([[[3], [0], [0], [0]]], device=DEVICE)  # region 0 sees only region 3: all padding
+    grad = _rand(1, 1, 8, 8, 16, seed=4)
+    with use_backend('triton'):
+        got = _grads(lambda q, k, v: routing.routed_attention(q, k, v, idx, 2, valid_hw=(4, 4)), (q, k, v), grad)
+    assert torch.equal(got[0][0, 0, :4, :4], torch.zeros(4, 4, 16, device=DEVICE))
+    assert all(torch.isfinite(t).all() for t in got)
+    want = _grads(lambda q, k, v: reference.routed_attention(q, k, v, idx, 2, None, (4, 4)),
+                  [t.double() for t in (q, k, v)], grad.double())
+    _check(got, want, FP32_TOL)
+
+
 SPARSE_CASES = [
     # (B, heads, N, Nk, D, Dv, K, empty, repeats)
     (2, 2, 10, 12, 5, 7, 4, 0.3, False),   # odd dims, Nk != N, empty slots

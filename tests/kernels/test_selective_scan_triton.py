@@ -86,7 +86,7 @@ def test_triton_gradient_of_last_state_only():
 
 def test_triton_rejects_float64_and_large_states():
     t = {k: None if v is None else v.detach().to(DEVICE) for k, v in _inputs(b=1, d=2, L=3, n=2).items()}
-    with use_backend('triton'), pytest.raises(TypeError, match='triton backend of selective_scan runs float16'):
+    with use_backend('triton'), pytest.raises(ValueError, match='triton backend of selective_scan runs float16'):
         selective_scan(*[t[k] for k in NAMES])
     t = {k: None if v is None else v.detach().to(DEVICE) for k, v in _inputs(b=1, d=2, L=3, n=33,
                                                                            dtype=torch.float32).items()}

@@ -195,29 +195,38 @@ def test_padded_keys_do_not_leak():
 
 
 def test_default_backend_on_cpu_tensors_is_cpu_path(monkeypatch):
-    from kernels.window import cpu
+    from kernels.library import OPERATORS
+    backends = OPERATORS['window_attention'].backends
     calls = []
-    monkeypatch.setattr(cpu, 'window_attention', lambda *a: calls.append(a) or a[0])
+
+    class Spy:
+        def forward(self, **kw):
+            calls.append(kw)
+            return backends['reference'].forward(**kw)
+
+    monkeypatch.setitem(backends, 'cpu', Spy())
     q = torch.randn(1, 1, 4, 4, 8)
     window_attention(q, q, q, 2)
-    assert len(calls) == 1 and calls[0][3:] == ((2, 2), False, None, 8 ** -0.5)
+    assert len(calls) == 1
+    assert {k: calls[0][k] for k in ('window_h', 'window_w', 'grid', 'rel_pos_bias', 'scale')} == dict(
+        window_h=2, window_w=2, grid=False, rel_pos_bias=None, scale=8 ** -0.5)
 
 
 @pytest.mark.parametrize('kwargs,error,match', [
     (dict(q=torch.zeros(1, 1, 4, 8)), ValueError, r'q must be 5-D \(B, heads, H, W, D\), got shape \(1, 1, 4, 8\)'),
     (dict(k=torch.zeros(1, 2, 4, 4, 8)), ValueError,
-     r'k must have the shape of q \(1, 1, 4, 4, 8\).*\(1, 2, 4, 4, 8\)'),
-    (dict(v=torch.zeros(1, 1, 4, 3, 8)), ValueError, r'v must be \(B, heads, H, W, Dv\).*got \(1, 1, 4, 3, 8\)'),
+     r'k must be the shape of q .* = \(1, 1, 4, 4, 8\), got shape \(1, 2, 4, 4, 8\)'),
+    (dict(v=torch.zeros(1, 1, 4, 3, 8)), ValueError, r'v must be \(B, heads, H, W, Dv\).*got shape \(1, 1, 4, 3, 8\)'),
     (dict(q=torch.zeros(1, 1, 4, 4, 8, dtype=torch.int64)), TypeError, r'q must be float16.*got torch.int64'),
     (dict(k=torch.zeros(1, 1, 4, 4, 8, dtype=torch.float64)), TypeError,
      r'k must have the dtype of q \(torch.float32\), got torch.float64'),
-    (dict(q=[1.0]), TypeError, 'q must be a torch.Tensor, got list'),
+    (dict(q=[1.0]), TypeError, r'q must be a torch.Tensor \(B, heads, H, W, D\), got list'),
     (dict(window_size=0), ValueError, r'window_size must be positive, got \(0, 0\)'),
     (dict(window_size=(2, 2, 2)), TypeError, r'window_size must be an int or a pair of ints'),
     (dict(window_size=2.0), TypeError, r'window_size must be an int or a pair of ints'),
     (dict(grid=1), TypeError, 'grid must be a bool, got int'),
     (dict(rel_pos_bias=torch.zeros(1, 3, 4)), ValueError,
-     r'rel_pos_bias must be \(heads, 2\*wh-1, 2\*ww-1\) = \(1, 3, 3\).*got shape \(1, 3, 4\)'),
+     r'rel_pos_bias must be \(heads, 2\*wh-1, 2\*ww-1\) = \(1, 3, 3\), got shape \(1, 3, 4\)'),
     (dict(rel_pos_bias=torch.zeros(1, 3, 3, dtype=torch.float16)), TypeError,
      r'rel_pos_bias must have the dtype of q \(torch.float32\) or float32, got torch.float16'),
     (dict(scale=float('nan')), ValueError, 'scale must be a finite non-zero number'),
@@ -235,7 +244,7 @@ def test_errors_name_the_argument(kwargs, error, match):
 def test_triton_backend_rejects_float64_before_importing_triton(monkeypatch):
     monkeypatch.setenv('TRITON_INTERPRET', '1')
     q = torch.zeros(1, 1, 4, 4, 8, dtype=torch.float64)
-    with use_backend('triton'), pytest.raises(TypeError, match='triton backend of window_attention runs float16'):
+    with use_backend('triton'), pytest.raises(ValueError, match='triton backend of window_attention runs float16'):
         window_attention(q, q, q, 2)
 
 

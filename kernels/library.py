@@ -1,0 +1,323 @@
+"""Every public op as one PyTorch operator in the ``zoo`` namespace, so torch.compile, torch.export, FX and ONNX
+see a single call.
+
+An op ``<name>`` is two custom operators (``torch.library.custom_op``):
+
+``zoo::<name>(<arguments>, str backend) -> (<outputs>, <statistics>)``
+    applies the backend rule (:func:`kernels.backend.select`) to the *requested* backend it is given (``auto``,
+    ``reference``, ``cpu``, ``triton``, read in Python at the call) and runs that backend's ``forward``. The
+    statistics are what the backend's backward needs beyond inputs and outputs (a log-sum-exp, chunk states),
+    empty tensors where it needs none. The fake (meta) implementation applies the same rule to the fake tensors'
+    device, dtype and shapes, so it describes the same backend's outputs exactly (shapes, strides, dtypes).
+``zoo::<name>_backward(Tensor?[] grads, Tensor?[] inputs, Tensor[] outputs, bool[] needs, <scalar arguments>)``
+    the same backend's ``backward``; registered as the forward's autograd formula (``register_autograd``).
+
+Passing the requested backend as an argument ties forward, fake and backward to one backend even when
+``backward()`` runs outside the ``use_backend`` block of the forward, and keeps exported graphs portable
+(``auto`` is resolved where the graph runs). A compiled graph keeps the backend requested when it was traced.
+
+A backend is an object with ``forward(**arguments) -> tuple`` and ``backward(grads, outputs, needs, **arguments)
+-> list`` (one gradient or None per differentiable argument); :class:`Recompute` makes one from a plain PyTorch
+function (the reference backends: gradients by recomputation with torch.func.vjp).
+
+ONNX: each op registers a decomposition into standard PyTorch ops (its reference math, or a chunked form of it)
+in ``torch._decomp.decomposition_table``; ``torch.onnx.export(..., dynamo=True)`` applies it to ops that ONNX
+does not know, so an exported model holds plain ONNX ops. torch.compile and torch.export keep the operator.
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` counts an operator as the PyTorch products its backend runs
+(the operator's flop formula runs the backend's forward, or backward, under a counter of its own; on meta tensors
+that costs nothing), so model cards and benchmarks count what they counted before the ops became operators.
+
+FX: :func:`fx_leaf` makes the public function a leaf of ``torch.fx.symbolic_trace`` (one ``call_function`` node
+that calls it again when the graph runs), so argument checks never see a Proxy.
+"""
+import functools
+import importlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch._decomp import register_decomposition
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from .backend import choose
+
+__all__ = ['NAMESPACE', 'OPERATORS', 'Operator', 'Backend', 'Recompute', 'lazy_module', 'fx_leaf', 'empty_stats']
+
+NAMESPACE = 'zoo'
+OPERATORS: Dict[str, 'Operator'] = {}  # name -> the Operator of every public op
+
+
+def empty_stats(like: torch.Tensor) -> torch.Tensor:
+    """The statistics tensor of a backend that needs none (a float32 tensor of no elements)."""
+    return like.new_empty(0, dtype=torch.float32)
+
+
+def _unaliased(outputs: Sequence[torch.Tensor], inputs: Sequence[Any]) -> List[torch.Tensor]:
+    """Operator outputs may not share memory with inputs or with each other: clone those that do."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor) and t.numel()}
+    result = []
+    for t in outputs:
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:
+                t = t.clone()
+                ptr = t.untyped_storage().data_ptr()
+            seen.add(ptr)
+        result.append(t)
+    return result
+
+
+def _find_proxy(value: Any) -> Optional[torch.fx.Proxy]:
+    if isinstance(value, torch.fx.Proxy):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            found = _find_proxy(v)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        return _find_proxy(list(value.values()))
+    return None
+
+
+def fx_leaf(fn: Callable) -> Callable:
+    """Under torch.fx symbolic tracing, record a call of ``fn`` as one node instead of tracing into it."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        proxy = _find_proxy((args, kwargs))
+        if proxy is not None:
+            return proxy.tracer.create_proxy('call_function', wrapper, args, kwargs)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class Backend:
+    """A backend of an operator from its two functions (module docstring); ``backward`` None: not differentiable."""
+
+    def __init__(self, forward: Callable, backward: Optional[Callable] = None):
+        self.forward, self.backward = forward, backward
+
+
+class _Lazy:
+    """A backend imported at its first use (the triton modules: the package imports without triton)."""
+
+    def __init__(self, module: str, attr: Optional[str]):
+        self._module, self._attr = module, attr
+
+    def __getattr__(self, name: str) -> Any:
+        target = importlib.import_module(self._module)
+        return getattr(target if self._attr is None else getattr(target, self._attr), name)
+
+    def __repr__(self) -> str:
+        return f'lazy_module({self._module!r}, {self._attr!r})'
+
+
+def lazy_module(module: str, attr: Optional[str] = None) -> Any:
+    """The backend ``module`` (or ``module.attr``), imported when an attribute is first read."""
+    return _Lazy(module, attr)
+
+
+class Recompute:
+    """A backend from a plain differentiable PyTorch function ``fn(**arguments) -> output or tuple``: forward runs
+    it (no statistics), backward recomputes it under torch.func.vjp."""
+
+    def __init__(self, fn: Callable, differentiable: Sequence[str], n_stats: int = 1):
+        self.fn, self.differentiable, self.n_stats = fn, tuple(differentiable), n_stats
+
+    def _outputs(self, **kwargs) -> Tuple[torch.Tensor, ...]:
+        out = self.fn(**kwargs)
+        return out if isinstance(out, tuple) else (out,)
+
+    def forward(self, **kwargs) -> Any:
+        outputs = [o.contiguous() for o in self._outputs(**kwargs)]
+        if self.n_stats == 0 and len(outputs) == 1:
+            return outputs[0]
+        return (*outputs, *[empty_stats(outputs[0]) for _ in range(self.n_stats)])
+
+    def backward(self, grads: Sequence[Optional[torch.Tensor]], outputs: Sequence[torch.Tensor],
+                 needs: Mapping[str, bool], **kwargs) -> List[Optional[torch.Tensor]]:
+        names = [n for n in self.differentiable if kwargs[n] is not None and needs[n]]
+
+        def fn(*primals):
+            return self._outputs(**dict(kwargs, **dict(zip(names, primals))))
+
+        out, vjp = torch.func.vjp(fn, *[kwargs[n] for n in names])
+        cotangents = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(out, grads))
+        found = dict(zip(names, vjp(cotangents)))
+        return [found.get(n) for n in self.differentiable]
+
+
+def _schema_types(schema: str) -> List[Tuple[str, str]]:
+    parsed = torch._C.parse_schema(f'{NAMESPACE}::x{schema} -> ()')
+    return [(a.name, str(a.type)) for a in parsed.arguments]
+
+
+class Operator:
+    """The forward and backward operators of one public op (module docstring).
+
+    Args:
+        name: the op's name (``zoo::<name>``).
+        schema: the forward schema without the name and without the trailing backend argument, e.g.
+            ``'(Tensor q, Tensor k, Tensor v, int window_h, float scale) -> (Tensor, Tensor)'``; its outputs are
+            ``n_outputs`` results followed by statistics tensors.
+        differentiable: the tensor arguments gradients flow to, in the order backends return them.
+        n_outputs: the leading outputs that are results (the rest are statistics).
+        backends: 'reference', 'cpu', 'triton' -> backend objects (module docstring).
+        triton_limit: ``(**arguments) -> None or the limit`` the Triton kernels exceed (see backend.select).
+        fake: ``(backend name, **arguments) -> outputs`` on fake tensors, as that backend returns them.
+        decomposition: ``(**arguments) -> outputs`` in standard PyTorch ops (for ONNX export).
+        gradients: ``(**arguments) -> names`` of the differentiable arguments that get a gradient (default: those
+            that are not None); the others get none, on every backend and in the fake backward alike.
+    """
+
+    def __init__(self, name: str, schema: str, differentiable: Sequence[str], n_outputs: int,
+                 backends: Dict[str, Any], triton_limit: Callable[..., Optional[str]], fake: Callable[..., tuple],
+                 decomposition: Optional[Callable[..., tuple]] = None,
+                 gradients: Optional[Callable[..., Sequence[str]]] = None):
+        self.name, self.backends, self.triton_limit = name, backends, triton_limit
+        OPERATORS[name] = self
+        self.differentiable, self.n_outputs = tuple(differentiable), n_outputs
+        args, returns = schema.rsplit('->', 1)
+        args = args.strip()[:-1] + ', str backend)'
+        self.arguments = [n for n, _ in _schema_types(args)]
+        self.tensors = [n for n, t in _schema_types(args) if t in ('Tensor', 'Optional[Tensor]')]
+        scalars = ', '.join(f'{_schema_arg(t)} {n}' for n, t in _schema_types(args)
+                            if t not in ('Tensor', 'Optional[Tensor]'))
+        self._fake = fake
+        self._decomposition = decomposition
+        self._gradients = gradients
+
+        self.forward_op = torch.library.custom_op(f'{NAMESPACE}::{name}', self._forward_impl, mutates_args=(),
+                                                  schema=f'{args} -> {returns.strip()}')
+        self.forward_op.register_fake(self._forward_fake)
+        register_flop_formula(getattr(getattr(torch.ops, NAMESPACE), name), get_raw=True)(self._forward_flops)
+        if self.differentiable:
+            self.backward_op = torch.library.custom_op(
+                f'{NAMESPACE}::{name}_backward', self._backward_impl, mutates_args=(),
+                schema=f'(Tensor?[] grads, Tensor?[] inputs, Tensor[] outputs, bool[] needs, {scalars}) -> Tensor[]')
+            self.backward_op.register_fake(self._backward_fake)
+            register_flop_formula(getattr(getattr(torch.ops, NAMESPACE), f'{name}_backward'),
+                                  get_raw=True)(self._backward_flops)
+            self.forward_op.register_autograd(self._autograd_backward, setup_context=self._setup_context)
+        else:  # integer results (region_topk): nothing flows back
+            self.forward_op.register_autograd(lambda ctx, *grads: (None,) * len(self.arguments),
+                                              setup_context=lambda ctx, inputs, output: None)
+        if decomposition is not None:
+            overload = getattr(getattr(torch.ops, NAMESPACE), name).default
+            register_decomposition(overload)(self._decompose)
+            # FakeTensor prefers a Python decomposition to the fake implementation for symbolic shapes, unless the
+            # op has a meta function: this one is the fake implementation, so compile and export keep its exact
+            # shapes and strides (the decomposition is for ONNX export only)
+            register_decomposition(overload, type='meta')(self._forward_fake)
+
+    # --- the backend rule ---------------------------------------------------------------------------------------
+    def backend(self, kwargs: Dict[str, Any]) -> Tuple[str, Any]:
+        """(name, object) of the backend that runs these arguments."""
+        tensors = [kwargs[n] for n in self.tensors if kwargs[n] is not None]
+        name = choose(self.name, tensors, lambda: self.triton_limit(**kwargs), requested=kwargs['backend'])
+        return name, self.backends[name]
+
+    def __call__(self, **kwargs) -> tuple:
+        """Run the forward operator; returns its results (without the statistics)."""
+        outputs = self.forward_op(*[kwargs[n] for n in self.arguments])
+        return tuple(outputs[:self.n_outputs]) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+    # --- forward ------------------------------------------------------------------------------------------------
+    def _kwargs(self, args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return dict(zip(self.arguments, args), **(kwargs or {}))
+
+    def _forward_impl(self, *args):
+        kwargs = self._kwargs(args)
+        _, backend = self.backend(kwargs)
+        kwargs.pop('backend')
+        outputs = backend.forward(**kwargs)
+        if isinstance(outputs, torch.Tensor):
+            return _unaliased([outputs], args)[0]
+        return tuple(_unaliased(outputs, args))
+
+    def _forward_fake(self, *args, **kwargs):
+        kwargs = self._kwargs(args, kwargs)
+        name, _ = self.backend(kwargs)
+        kwargs.pop('backend')
+        outputs = self._fake(name, **kwargs)
+        return outputs if isinstance(outputs, torch.Tensor) else tuple(outputs)
+
+    def _forward_flops(self, *args, out_val=None, **kwargs) -> int:
+        kwargs = self._kwargs(args, kwargs)
+        _, backend = self.backend(kwargs)
+        kwargs.pop('backend')
+        with FlopCounterMode(display=False) as counter:
+            backend.forward(**kwargs)
+        return counter.get_total_flops()
+
+    def _backward_flops(self, grads, inputs, outputs, needs, *scalars, out_val=None) -> int:
+        kwargs = self._backward_kwargs(inputs, scalars)
+        _, backend = self.backend(kwargs)
+        kwargs.pop('backend')
+        with FlopCounterMode(display=False) as counter:
+            backend.backward(list(grads), list(outputs), dict(zip(self.differentiable, needs)), **kwargs)
+        return counter.get_total_flops()
+
+    def _decompose(self, *args, **kwargs):
+        kwargs = self._kwargs(args, kwargs)
+        kwargs.pop('backend')
+        outputs = self._decomposition(**kwargs)
+        n_stats = len(self.forward_op._opoverload._schema.returns) - self.n_outputs
+        if n_stats == 0:
+            return outputs
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return (*outputs, *[empty_stats(outputs[0]) for _ in range(n_stats)])
+
+    # --- backward -----------------------------------------------------------------------------------------------
+    def _scalars(self, kwargs: Dict[str, Any]) -> List[Any]:
+        return [kwargs[n] for n in self.arguments if n not in self.tensors]
+
+    def _backward_kwargs(self, inputs, scalars) -> Dict[str, Any]:
+        kwargs = dict(zip(self.tensors, inputs))
+        kwargs.update(zip([n for n in self.arguments if n not in self.tensors], scalars))
+        return kwargs
+
+    def _present(self, kwargs: Dict[str, Any], needs: Sequence[bool]) -> List[bool]:
+        """Which differentiable arguments get a gradient (needed, given, and not excluded by ``gradients``)."""
+        given = (set(self._gradients(**kwargs)) if self._gradients is not None
+                 else {n for n in self.differentiable if kwargs[n] is not None})
+        return [need and name in given for name, need in zip(self.differentiable, needs)]
+
+    def _backward_impl(self, grads, inputs, outputs, needs, *scalars):
+        kwargs = self._backward_kwargs(inputs, scalars)
+        present = self._present(kwargs, needs)
+        _, backend = self.backend(kwargs)
+        kwargs.pop('backend')
+        result = backend.backward(list(grads), list(outputs), dict(zip(self.differentiable, needs)), **kwargs)
+        device = outputs[0].device
+        result = [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
+                  for n, g, p in zip(self.differentiable, result, present)]
+        return _unaliased(result, [*grads, *inputs, *outputs])
+
+    def _backward_fake(self, grads, inputs, outputs, needs, *scalars):
+        kwargs = self._backward_kwargs(inputs, scalars)
+        present = self._present(kwargs, needs)
+        return [kwargs[n].new_empty(kwargs[n].shape) if p else torch.empty(0, device=outputs[0].device)
+                for n, p in zip(self.differentiable, present)]
+
+    def _setup_context(self, ctx, inputs, output):
+        kwargs = self._kwargs(inputs)
+        ctx.save_for_backward(*[kwargs[n] for n in self.tensors], *output)
+        ctx.scalars = self._scalars(kwargs)
+        ctx.n_inputs = len(self.tensors)
+
+    def _autograd_backward(self, ctx, *grads):
+        saved = ctx.saved_tensors
+        inputs, outputs = saved[:ctx.n_inputs], saved[ctx.n_inputs:]
+        index = {n: i for i, n in enumerate(self.arguments)}
+        needs = [bool(ctx.needs_input_grad[index[n]]) for n in self.differentiable]
+        result = self.backward_op(list(grads[:self.n_outputs]), list(inputs), list(outputs), needs, *ctx.scalars)
+        kwargs = self._backward_kwargs(inputs, ctx.scalars)
+        by_name = {n: g for n, g, p in zip(self.differentiable, result, self._present(kwargs, needs)) if p}
+        return tuple(by_name.get(n) for n in self.arguments)
+
+
+def _schema_arg(type_str: str) -> str:
+    """The schema spelling of a parsed argument type (int, float, bool, str, int[], ...)."""
+    return {'List[int]': 'int[]', 'Optional[int]': 'int?', 'Optional[float]': 'float?',
+            'List[bool]': 'bool[]', 'SymInt': 'SymInt', 'List[SymInt]': 'SymInt[]'}.get(type_str, type_str)

@@ -1,0 +1,232 @@
+// The selective scan's native CPU loop (kernels/selective_scan/native.py compiles it with g++ at first use and
+// loads it with ctypes; no PyTorch headers). Forward: the recurrence one (batch, channel) row at a time, vectorised
+// over the state size n. Backward: per block of channels, the states of a row are recomputed into a per-thread
+// O(L * n) scratch and walked back; dB, dC go to per-block partial sums that the caller adds in a fixed order.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// exp for float that gcc vectorises (Cephes polynomial, ~1 ulp); exp(x) = 0 below -88.
+inline float vexp(float x) {
+    x = x < -88.0f ? -88.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+    const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
+    float s;
+    std::memcpy(&s, &e, sizeof(s));
+    return y * s;
+}
+inline double vexp(double x) { return std::exp(x); }
+
+// Per-thread scratch on its own cache lines: threads writing neighbouring heap words (false sharing) would
+// slow the per-step state updates down several-fold.
+template <typename T>
+struct Scratch {
+    std::vector<T> buf;
+    T* p;
+    explicit Scratch(int64_t size) : buf(size + 48, T(0)) {
+        auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+        p = reinterpret_cast<T*>((addr + 64 + 63) & ~std::uintptr_t(63));
+    }
+};
+
+struct Dims {
+    int64_t b, d, L, n, gB, gC, K, Ku, Kd, KA, KB, KC, gather;
+    explicit Dims(const int64_t* m)
+        : b(m[0]), d(m[1]), L(m[2]), n(m[3]), gB(m[4]), gC(m[5]), K(m[6]), Ku(m[7]), Kd(m[8]), KA(m[9]),
+          KB(m[10]), KC(m[11]), gather(m[12]) {}
+    // row offsets: u/delta (b, K?, d, L); A (K?, d, n); B/C (b, K?, g, L, n)
+    int64_t ud(int64_t Kx, int64_t bi, int64_t k, int64_t di) const {
+        return ((bi * Kx + (Kx > 1 ? k : 0)) * d + di) * L;
+    }
+    int64_t a(int64_t k, int64_t di) const { return ((KA > 1 ? k : 0) * d + di) * n; }
+    int64_t bc(int64_t Kx, int64_t g, int64_t bi, int64_t k, int64_t di) const {
+        return ((bi * Kx + (Kx > 1 ? k : 0)) * g + di / (d / g)) * L * n;
+    }
+};
+
+template <typename T, int NS>
+void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restrict A, const T* __restrict B,
+              const T* __restrict C, const int64_t* __restrict orders, T* __restrict y, T* __restrict last,
+              const Dims& m, int64_t r0, int64_t r1) {
+    const int64_t n = NS ? NS : m.n;
+    Scratch<T> hs(n);
+    T* __restrict h = hs.p;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bi = r / m.d, di = r % m.d;
+        T* __restrict yr = y + (bi * m.d + di) * m.L;
+        for (int64_t k = 0; k < m.K; ++k) {
+            const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
+            const T* __restrict dr = delta + m.ud(m.Kd, bi, k, di);
+            const T* __restrict Ar = A + m.a(k, di);
+            const T* __restrict Br = B + m.bc(m.KB, m.gB, bi, k, di);
+            const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
+            const int64_t* __restrict ord = orders + k * m.L;
+            for (int64_t j = 0; j < n; ++j) h[j] = 0;
+            for (int64_t t = 0; t < m.L; ++t) {
+                const int64_t p = ord[t], q = m.gather ? p : t;
+                const T dt = dr[q], du = dt * ur[p];
+                const T* __restrict Bt = Br + q * n;
+                const T* __restrict Ct = Cr + q * n;
+                T acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t j = 0; j < n; ++j) {
+                    h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
+                    acc += Ct[j] * h[j];
+                }
+                yr[p] += acc;
+            }
+            std::memcpy(last + ((bi * m.K + k) * m.d + di) * n, h, n * sizeof(T));
+        }
+    }
+}
+
+template <typename T, int NS>
+void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __restrict A, const T* __restrict B,
+                  const T* __restrict C, const int64_t* __restrict orders, const T* __restrict dy,
+                  const T* __restrict dlast, T* __restrict du, T* __restrict ddelta, T* __restrict dA,
+                  T* __restrict dB, T* __restrict dC, const Dims& m, int64_t d0, int64_t d1) {
+    const int64_t n = NS ? NS : m.n, L = m.L;
+    Scratch<T> Hs(L * n), As(L * n), gs(n), zs(n);
+    T* __restrict H = Hs.p;
+    T* __restrict Adec = As.p;
+    T* __restrict g = gs.p;
+    for (int64_t di = d0; di < d1; ++di) {
+        for (int64_t bi = 0; bi < m.b; ++bi) {
+            const T* __restrict dyr = dy + (bi * m.d + di) * L;
+            for (int64_t k = 0; k < m.K; ++k) {
+                const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
+                const T* __restrict dr = delta + m.ud(m.Kd, bi, k, di);
+                const T* __restrict Ar = A + m.a(k, di);
+                const T* __restrict Br = B + m.bc(m.KB, m.gB, bi, k, di);
+                const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
+                T* __restrict dur = du + m.ud(m.Ku, bi, k, di);
+                T* __restrict ddr = ddelta + m.ud(m.Kd, bi, k, di);
+                T* __restrict dAr = dA + m.a(k, di);
+                T* __restrict dBr = dB + m.bc(m.KB, m.gB, bi, k, di);
+                T* __restrict dCr = dC + m.bc(m.KC, m.gC, bi, k, di);
+                const int64_t* __restrict ord = orders + k * L;
+                for (int64_t j = 0; j < n; ++j) g[j] = 0;
+                // recompute the states of this row
+                for (int64_t t = 0; t < L; ++t) {
+                    const int64_t p = ord[t], q = m.gather ? p : t;
+                    const T dt = dr[q], dtu = dt * ur[p];
+                    const T* __restrict Bt = Br + q * n;
+                    const T* __restrict hp = t > 0 ? H + (t - 1) * n : g;
+                    T* __restrict ht = H + t * n;
+                    T* __restrict at = Adec + t * n;
+#pragma omp simd
+                    for (int64_t j = 0; j < n; ++j) {
+                        at[j] = vexp(dt * Ar[j]);
+                        ht[j] = at[j] * hp[j] + dtu * Bt[j];
+                    }
+                }
+                if (dlast) {
+                    const T* dl = dlast + ((bi * m.K + k) * m.d + di) * n;
+                    for (int64_t j = 0; j < n; ++j) g[j] = dl[j];
+                }
+                // walk back: g holds dL/dh_t once C_t * dy_t is added
+                for (int64_t t = L - 1; t >= 0; --t) {
+                    const int64_t p = ord[t], q = m.gather ? p : t;
+                    const T dt = dr[q], ut = ur[p], dyt = dyr[p], dtu = dt * ut;
+                    const T* __restrict Bt = Br + q * n;
+                    const T* __restrict Ct = Cr + q * n;
+                    const T* __restrict ht = H + t * n;
+                    const T* __restrict hp = t > 0 ? H + (t - 1) * n : zs.p;
+                    const T* __restrict at = Adec + t * n;
+                    T* __restrict dBt = dBr + q * n;
+                    T* __restrict dCt = dCr + q * n;
+                    T sgb = 0, sgha = 0;
+#pragma omp simd reduction(+ : sgb, sgha)
+                    for (int64_t j = 0; j < n; ++j) {
+                        const T gj = g[j] + Ct[j] * dyt;
+                        dCt[j] += dyt * ht[j];
+                        sgb += gj * Bt[j];
+                        const T gha = gj * hp[j] * at[j];
+                        sgha += gha * Ar[j];
+                        dAr[j] += gha * dt;
+                        dBt[j] += gj * dtu;
+                        g[j] = gj * at[j];
+                    }
+                    dur[p] += dt * sgb;
+                    ddr[q] += ut * sgb + sgha;
+                }
+            }
+        }
+    }
+}
+
+// Work items [0, items) are handed out dynamically on OpenMP threads (torch's own libgomp is already loaded in the
+// process, so this shares its thread pool instead of oversubscribing the cores); each item's result is
+// independent of the thread that ran it (deterministic).
+template <typename F>
+void run_parallel(int64_t items, int nthreads, F&& body) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && items > 1)
+    for (int64_t i = 0; i < items; ++i) body(i);
+}
+
+template <typename T>
+void fwd(const T* u, const T* delta, const T* A, const T* B, const T* C, const int64_t* orders, T* y, T* last,
+         const int64_t* dims, int nthreads) {
+    const Dims m(dims);
+    const int64_t rows = m.b * m.d, per = (rows + 63) / 64;  // 64 items of consecutive (batch, channel) rows
+    if (rows == 0) return;
+    run_parallel((rows + per - 1) / per, nthreads, [&](int64_t i) {
+        const int64_t r0 = i * per, r1 = r0 + per < rows ? r0 + per : rows;
+        if (m.n == 16) fwd_rows<T, 16>(u, delta, A, B, C, orders, y, last, m, r0, r1);
+        else fwd_rows<T, 0>(u, delta, A, B, C, orders, y, last, m, r0, r1);
+    });
+}
+
+// Channel blocks are the work items; block i adds its dB, dC into partial slot i (dims[13] blocks, each the
+// size of B / C), which the caller sums in a fixed order: the result does not depend on the thread count.
+template <typename T>
+void bwd(const T* u, const T* delta, const T* A, const T* B, const T* C, const int64_t* orders, const T* dy,
+         const T* dlast, T* du, T* ddelta, T* dA, T* dB, T* dC, const int64_t* dims, int nthreads) {
+    const Dims m(dims);
+    const int64_t blocks = dims[13];
+    const int64_t szB = m.b * m.KB * m.gB * m.L * m.n, szC = m.b * m.KC * m.gC * m.L * m.n;
+    run_parallel(blocks, nthreads, [&](int64_t i) {
+        const int64_t d0 = m.d * i / blocks, d1 = m.d * (i + 1) / blocks;
+        if (m.n == 16)
+            bwd_channels<T, 16>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB + i * szB, dC + i * szC,
+                                m, d0, d1);
+        else
+            bwd_channels<T, 0>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB + i * szB, dC + i * szC,
+                               m, d0, d1);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+void ss_fwd_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
+                const int64_t* orders, float* y, float* last, const int64_t* dims, int nthreads) {
+    fwd<float>(u, delta, A, B, C, orders, y, last, dims, nthreads);
+}
+void ss_fwd_f64(const double* u, const double* delta, const double* A, const double* B, const double* C,
+                const int64_t* orders, double* y, double* last, const int64_t* dims, int nthreads) {
+    fwd<double>(u, delta, A, B, C, orders, y, last, dims, nthreads);
+}
+void ss_bwd_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
+                const int64_t* orders, const float* dy, const float* dlast, float* du, float* ddelta, float* dA,
+                float* dB, float* dC, const int64_t* dims, int nthreads) {
+    bwd<float>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB, dC, dims, nthreads);
+}
+void ss_bwd_f64(const double* u, const double* delta, const double* A, const double* B, const double* C,
+                const int64_t* orders, const double* dy, const double* dlast, double* du, double* ddelta,
+                double* dA, double* dB, double* dC, const int64_t* dims, int nthreads) {
+    bwd<double>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB, dC, dims, nthreads);
+}
+}
