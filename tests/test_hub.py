@@ -1,17 +1,22 @@
 import argparse
+import http.server
+import logging
 import os
 import pickle
 import sys
+import threading
 import types
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
 
 from zoo import hub
-from zoo.hub import CorruptWeightsError, WeightsNotFoundError, build_model_with_cfg
+from zoo.hub import CorruptWeightsError, WeightsMismatchError, WeightsNotFoundError, build_model_with_cfg
 
 
 class TinyNet(nn.Module):
@@ -24,6 +29,8 @@ class TinyNet(nn.Module):
     def forward(self, x):
         return self.head(self.stem(x).mean((2, 3)))
 
+
+REGISTERED = dict(hub._SHA256)  # what the zoo's families registered on import
 
 CFG = dict(num_classes=4, first_conv='stem', classifier='head', architecture='tinynet', tag='test')
 
@@ -134,23 +141,87 @@ def test_file_without_state_dict(tmp_path):
 def test_wrong_keys_fail_strict_load(tmp_path, source):
     path = tmp_path / 'w.safetensors'
     save_file({'other.' + k: v for k, v in source.state_dict().items()}, path)
-    with pytest.raises(RuntimeError, match='Missing key'):
+    with pytest.raises(WeightsMismatchError, match='keys missing from the file: stem.weight'):
         build(file=str(path))
+
+
+class WideNet(TinyNet):
+    """Another 'variant': more stages and wider layers, so most keys differ or change shape."""
+
+    def __init__(self, num_classes=4, in_chans=3, width=6, depth=1, **kwargs):
+        super().__init__(num_classes, in_chans)
+        self.stem = nn.Conv2d(in_chans, width, 3)
+        self.blocks = nn.Sequential(*[nn.Conv2d(width, width, 1) for _ in range(depth)])
+        self.head = nn.Linear(width, num_classes)
+
+
+def test_another_variants_weights_get_a_short_summary(tmp_path):
+    """Before, torch's error listed every key on a line of its own (~220 lines for a real variant)."""
+    path = tmp_path / 'big.safetensors'
+    save_file(WideNet(width=16, depth=40).state_dict(), path)
+    with pytest.raises(WeightsMismatchError) as info:
+        build_model_with_cfg(WideNet, 'tinynet', True, pretrained_cfg=dict(CFG, file=str(path)), width=8, depth=2)
+    message = str(info.value)
+    assert message.count('\n') <= 4 and len(message) < 1000, message
+    assert f'The weights in {path} do not fit tinynet' in message
+    assert '76 keys in the file but not the model: blocks.10.bias, blocks.10.weight, ' in message
+    assert '7 keys of another shape: stem.weight ([16, 3, 3, 3] in the file, [8, 3, 3, 3] in the model)' in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert len(info.value.unexpected) == 76 and not info.value.missing
 
 
 def test_sha256_verified(tmp_path, source):
     path = tmp_path / 'w.safetensors'
     save_file(source.state_dict(), path)
-    hub.register_sha256s({str(path): hub.file_sha256(path)})
+    hub.register_sha256s({path.as_uri(): hub.file_sha256(path)})
     assert same_weights(build(file=str(path)), source)
-    hub.register_sha256s({str(path): '0' * 64})
+    hub.register_sha256s({path.as_uri(): '0' * 64})
     with pytest.raises(CorruptWeightsError, match=r'has sha256 [0-9a-f]{64}, expected 0{64}'):
         build(file=str(path))
 
 
+def test_sha256_is_keyed_by_location_not_by_how_a_path_is_spelled(tmp_path, source, monkeypatch):
+    """A digest belongs to the weights' location (hf-hub id/filename or url). Before, it was looked up by the
+    `file=` string, so a digest registered for an absolute path was skipped for the relative spelling."""
+    with pytest.raises(ValueError, match="register digests by the weights' location"):
+        hub.register_sha256s({str(tmp_path / 'w.pth'): '0' * 64})
+    with pytest.raises(ValueError, match="register digests by the weights' location"):
+        hub.register_sha256s({'w.pth': '0' * 64})
+    # the location of a cfg is its source, whatever local file serves it
+    cfg = dict(CFG, file='w.pth', hf_hub_id='someorg/tinynet')
+    assert hub.weight_location(cfg) == 'hf-hub:someorg/tinynet/model.safetensors'
+    assert hub.weight_location(dict(CFG, file='w.pth', url='https://h/r/tinynet.pth')) == 'https://h/r/tinynet.pth'
+    # a file-only cfg is named by its file's uri: every spelling of the path is the same location
+    path = tmp_path / 'w.safetensors'
+    save_file(source.state_dict(), path)
+    monkeypatch.chdir(tmp_path)
+    assert hub.weight_location({'file': 'w.safetensors'}) == hub.weight_location({'file': str(path)}) == path.as_uri()
+    hub.register_sha256s({path.as_uri(): '0' * 64})
+    for spelling in ('w.safetensors', './w.safetensors', str(path), str(tmp_path / '..' / tmp_path.name / path.name)):
+        with pytest.raises(CorruptWeightsError, match='expected 0{64}'):
+            build(file=spelling)
+    # a mirror named by a relative or an absolute ZOO_WEIGHTS_DIR: the location's digest applies to both
+    mirrored = tmp_path / 'mirror' / 'someorg' / 'tinynet' / 'model.safetensors'
+    mirrored.parent.mkdir(parents=True)
+    save_file(source.state_dict(), mirrored)
+    hub.register_sha256s({'hf-hub:someorg/tinynet/model.safetensors': '1' * 64})
+    for root in ('mirror', str(tmp_path / 'mirror')):
+        monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, root)
+        with pytest.raises(CorruptWeightsError, match='expected 1{64}'):
+            build(hf_hub_id='someorg/tinynet')
+
+
+def test_callers_own_file_is_not_checked_against_the_released_digest(tmp_path, source):
+    """file= names a file of the caller's own (fine-tuned, another format): the source's digest is not its."""
+    path = tmp_path / 'model.safetensors'
+    save_file(source.state_dict(), path)
+    hub.register_sha256s({'hf-hub:someorg/tinynet/model.safetensors': '1' * 64})
+    assert same_weights(build(file=str(path), hf_hub_id='someorg/tinynet'), source)
+
+
 def test_register_sha256_rejects_bad_digest():
     with pytest.raises(ValueError, match='64 hex digits'):
-        hub.register_sha256s({'x': 'abc'})
+        hub.register_sha256s({'hf-hub:a/b/x.pth': 'abc'})
 
 
 def test_new_num_classes_keeps_backbone_and_drops_head(tmp_path, source):
@@ -227,8 +298,96 @@ def test_url_download_is_atomic_and_verified(tmp_path, source):
     assert same_weights(build(url=url, cache_dir=cache), source)
 
 
+class _Server:
+    """A real HTTP server on 127.0.0.1 (a thread the test starts and stops) serving one file; `short` responses
+    announce the whole file (Content-Length) but send only half of it and close the connection."""
+
+    def __init__(self, data: bytes, short: int):
+        self.data, self.short, self.requests = data, short, 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(server.data)))
+                self.end_headers()
+                cut = server.requests <= server.short
+                self.wfile.write(server.data[: len(server.data) // 2] if cut else server.data)
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.httpd.server_port}/releases/tinynet_v3.pth'
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def served_bytes(tmp_path, source):
+    path = tmp_path / 'served' / 'tinynet_v3.pth'
+    path.parent.mkdir()
+    torch.save({'model': source.state_dict()}, path)
+    return path.read_bytes()
+
+
+def test_truncated_http_download_is_never_kept(tmp_path, source, served_bytes, monkeypatch):
+    """A server that closes early (Content-Length larger than what it sends): before, the short file was renamed
+    to its final cache name and reused by every later call."""
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    cache = tmp_path / 'cache'
+    size = len(served_bytes)
+    with _Server(served_bytes, short=2) as server:
+        expected = (rf'Download of {server.url} ended early: received {size // 2} bytes of the {size} announced '
+                    rf'\(Content-Length\) \(after 2 attempts; nothing was kept in {cache}\)')
+        with pytest.raises(CorruptWeightsError, match=expected):
+            build(url=server.url, cache_dir=cache)
+        assert server.requests == 2  # tried once more
+        assert list(cache.iterdir()) == []  # neither the final name nor a partial file
+        # the next call downloads again (nothing short was cached) and the server now sends everything
+        assert same_weights(build(url=server.url, cache_dir=cache), source)
+        assert server.requests == 3
+    assert [p.name for p in cache.iterdir()] == ['tinynet_v3.pth']
+    assert (cache / 'tinynet_v3.pth').read_bytes() == served_bytes
+
+
+def test_one_short_download_is_retried(tmp_path, source, served_bytes, monkeypatch, caplog):
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    with _Server(served_bytes, short=1) as server:
+        hub.register_sha256s({server.url: hub.hashlib.sha256(served_bytes).hexdigest()})
+        with caplog.at_level(logging.WARNING, logger='zoo.hub'):
+            assert same_weights(build(url=server.url, cache_dir=tmp_path / 'cache'), source)
+        assert server.requests == 2
+    assert 'ended early' in caplog.text and 'downloading again' in caplog.text
+    assert [p.name for p in (tmp_path / 'cache').iterdir()] == ['tinynet_v3.pth']
+
+
+def test_url_weights_are_found_where_torch_hub_keeps_them(tmp_path, monkeypatch, source):
+    """Files torch.hub / timm downloaded (torch.hub.get_dir()/checkpoints/<basename>) load offline. Before, the hub
+    looked in <hub dir>/checkpoints/checkpoints/."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    checkpoints = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    assert hub.url_cache_dir() == Path(torch.hub.get_dir()) / 'checkpoints' == checkpoints
+    cached = checkpoints / 'tinynet_v1.pth'
+    cached.parent.mkdir(parents=True)
+    torch.save({'state_dict': source.state_dict()}, cached)
+    assert same_weights(build(url='https://example.invalid/releases/tinynet_v1.pth'), source)
+
+
 def test_url_unreachable(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match='Could not download'):
+    with pytest.raises(WeightsNotFoundError, match=r'Could not download .*\(after 2 attempts'):
         build(url=(tmp_path / 'absent.pth').as_uri(), cache_dir=tmp_path / 'cache')
     assert list((tmp_path / 'cache').iterdir()) == []
 
@@ -245,3 +404,28 @@ def test_mirror_path_layout(tmp_path):
         tmp_path, 'a', 'b', 'x.pth.tar')
     assert hub.mirror_path({'url': 'https://h/r/download/v1/m.pth?x=1'}, root=tmp_path) == tmp_path / 'm.pth'
     assert hub.mirror_path({'url': 'https://h/m.pth'}) is None
+
+
+
+
+def test_every_registered_release_can_be_served_converted_from_a_mirror(tmp_path, monkeypatch, source):
+    """`convert --mirror` places, for every tag whose release has a digest: the converted file beside the original's
+    place, identified by its manifest, is what the hub serves offline (and a conversion of a wrong original is not)."""
+    tags = [t for t in timm.list_models('zoo_*', pretrained=True)
+            if REGISTERED.get(hub.weight_location(get_pretrained_cfg(t).to_dict()))]
+    assert tags
+    registered = dict(REGISTERED)
+    monkeypatch.setattr(hub, '_SHA256', registered)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(tmp_path))
+    for tag in tags:
+        cfg = get_pretrained_cfg(tag).to_dict()
+        location = hub.weight_location(cfg)
+        converted = hub.converted_path(hub.mirror_path(cfg))
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        save_file(source.state_dict(), converted)
+        hub.write_manifest(converted, location, 'x', registered[location], model=tag)
+        assert hub.resolve_weights(cfg) == converted, tag
+        hub.write_manifest(converted, location, 'x', '0' * 64, model=tag)
+        with pytest.raises(CorruptWeightsError, match='is not a conversion of the released file'):
+            hub.resolve_weights(cfg)

@@ -2,14 +2,17 @@
 
 The model's own ``checkpoint_filter_fn`` does the renaming; this module checks that the result fits the
 model exactly (no unknown, missing or mis-shaped keys) and writes it atomically with its sha256, ready for
-``pretrained_cfg_overlay=dict(file=...)`` or a ``ZOO_WEIGHTS_DIR`` mirror.
+``pretrained_cfg_overlay=dict(file=...)`` or a ``ZOO_WEIGHTS_DIR`` mirror. In a mirror the converted file gets
+a name of its own beside the original's place (:func:`zoo.hub.converted_path`) and a manifest (where it came
+from, the source's sha256 and its own) that the hub checks it against; only the released file (its registered
+sha256, where one is published) is converted into a mirror. Files are written with the mode the umask allows.
 """
 import os
+import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -30,6 +33,7 @@ class ConvertedCheckpoint:
     path: Path
     sha256: str
     num_tensors: int
+    manifest: Optional[Path] = None  # written beside a mirror file
 
 
 def _family_module(model_name: str):
@@ -87,6 +91,18 @@ def map_checkpoint(
     return {k: v.contiguous() for k, v in mapped.items()}
 
 
+def _write_atomically(dst: Path, write: Callable[[Path], None]) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = hub.create_partial(dst)
+    mode = stat.S_IMODE(partial.stat().st_mode)  # what the umask allows; safetensors writes 0600 files
+    try:
+        write(partial)
+        os.chmod(partial, mode)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def convert_checkpoint(
         model_name: str,
         src: Union[str, Path],
@@ -96,29 +112,42 @@ def convert_checkpoint(
 ) -> ConvertedCheckpoint:
     """Convert `src` for `model_name` and write it to `dst`, or to its place in the `mirror` folder.
 
-    The mirror place is that of the model's pretrained tag (``zoo_van_b0.official_in1k``); the default tag
-    is used when the name has none.
+    The mirror place is that of the model's pretrained tag (``zoo_van_b0.official_in1k``; the default tag when
+    the name has none): :func:`zoo.hub.converted_path` of the original file's place, with a manifest beside it.
+    `src` must then be the released file: a published sha256 that it does not match is refused.
     """
     if (dst is None) == (mirror is None):
         raise ValueError('Give exactly one of dst (a file) or mirror (a ZOO_WEIGHTS_DIR folder)')
+    if split_model_name_tag(model_name)[0] not in timm.list_models('zoo_*'):
+        raise ConversionError(f'Unknown zoo model {model_name!r}; choose one of zoo.list_models()')
+    location = None
     if mirror is not None:
         cfg = get_pretrained_cfg(model_name)
         if cfg is None or not (cfg.hf_hub_id or cfg.url):
             raise ConversionError(f'{model_name} has no pretrained weight source, so it has no place in a mirror')
-        dst = hub.mirror_path(cfg.to_dict(), root=mirror)
+        cfg = cfg.to_dict()
+        location = hub.weight_location(cfg)
+        dst = hub.converted_path(hub.mirror_path(cfg, root=mirror))
     dst = Path(dst)
-    if split_model_name_tag(model_name)[0] not in timm.list_models('zoo_*'):
-        raise ConversionError(f'Unknown zoo model {model_name!r}; choose one of zoo.list_models()')
+    if dst.is_dir():
+        raise ConversionError(f'{dst} is a directory; give the file to write (e.g. {dst / "weights.safetensors"}), '
+                              f'or use it as a mirror folder')
     state_dict = hub.load_checkpoint(src, _state_dict_keys(model_name))
+    source_sha256 = None
+    if location is not None:
+        source_sha256 = hub.file_sha256(src)
+        published = hub.expected_sha256(location)
+        if published is not None and source_sha256 != published:
+            raise ConversionError(
+                f'{src} is not the released file of {model_name} ({location}): its sha256 is {source_sha256}, the '
+                f'published one {published}. A mirror holds conversions of the released file only; convert a file of '
+                f'your own to a file (-o) and load it with pretrained_cfg_overlay=dict(file=...)')
     tensors = map_checkpoint(model_name, state_dict, **model_kwargs)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=dst.name + '.', suffix='.partial', dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, partial, metadata={'format': 'pt', 'zoo_model': model_name, 'source': Path(src).name})
-        os.replace(partial, dst)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return ConvertedCheckpoint(path=dst, sha256=hub.file_sha256(dst), num_tensors=len(tensors))
+    metadata = {'format': 'pt', 'zoo_model': model_name, 'source': Path(src).name}
+    _write_atomically(dst, lambda path: save_file(tensors, path, metadata=metadata))
+    sha256 = hub.file_sha256(dst)
+    manifest = None
+    if location is not None:
+        manifest = hub.write_manifest(dst, location, Path(src).name, source_sha256, model=model_name)
+    return ConvertedCheckpoint(path=dst, sha256=sha256, num_tensors=len(tensors), manifest=manifest)

@@ -28,3 +28,14 @@ def test_cli_refusal_is_one_line(tmp_path):
     proc = run('zoo_van_b0', missing, '-o', tmp_path / 'x.safetensors')
     assert proc.returncode == 2
     assert proc.stderr.strip().count('\n') == 0 and 'absent.pth does not exist' in proc.stderr
+
+
+def test_cli_output_that_is_a_directory_is_one_line(tmp_path):
+    """Before: a traceback (IsADirectoryError from the final rename)."""
+    fixture = load_parity_fixture('van_parity')
+    original = fixture.save_original_checkpoint(tmp_path / 'van.pth.tar')
+    proc = run(fixture.model_name, original, '-o', tmp_path, '--model-kwargs', json.dumps(fixture.model_kwargs))
+    assert proc.returncode == 2
+    assert proc.stderr == (f'error: -o/--output: {tmp_path} is a directory; give the file to write '
+                           f'(e.g. {tmp_path / "weights.safetensors"}), or --mirror {tmp_path} for a mirror\n')
+    assert [p.name for p in tmp_path.iterdir()] == ['van.pth.tar']

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from zoo.training.checkpoint import (
+    checkpoint_epoch,
+    load_training_state,
+    remove_unfinished_writes,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 
 
 def _draw(generator):
@@ -45,3 +52,21 @@ def test_load_refuses_pickled_objects(tmp_path):
         load_training_state(tmp_path / 'unsafe.pth')
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         load_training_state(tmp_path / 'missing.pth')
+
+
+def test_unfinished_writes_are_removed_and_nothing_else(tmp_path):
+    names = ['.last.pth.4242.tmp', '.best.pth.17.tmp', '.weights.safetensors.0a1b2c3d.partial',  # killed writes
+             'last.pth', 'notes.tmp', '.gitignore', '.hidden.tmp', 'x.partial']  # anything else stays
+    for name in names:
+        (tmp_path / name).write_bytes(b'x')
+    removed = remove_unfinished_writes(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(names[:3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])
+
+
+def test_checkpoint_epoch(tmp_path):
+    save_training_state({'epoch': 7, 'model': {'w': torch.ones(3)}}, tmp_path / 'best.pth')
+    assert checkpoint_epoch(tmp_path / 'best.pth') == 7
+    assert checkpoint_epoch(tmp_path / 'absent.pth') is None
+    (tmp_path / 'half.pth').write_bytes((tmp_path / 'best.pth').read_bytes()[:100])
+    assert checkpoint_epoch(tmp_path / 'half.pth') is None

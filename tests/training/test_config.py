@@ -43,6 +43,20 @@ def test_overrides():
     assert cfg.aug.scale == (0.5, 1.0) and cfg.epochs == 2
 
 
+def test_numbers_without_a_dot_are_numbers_where_the_key_is_a_number(tmp_path):
+    """The README's own `--opt optim.lr=2e-3`: YAML 1.1 reads 2e-3 (no dot) as a string, which was refused."""
+    cfg = load_config(None, ['optim.lr=2e-3', 'sched.min_lr=1E-6', 'optim.clip_grad=5e0', 'aug.scale=[8e-2, 1]'])
+    assert (cfg.optim.lr, cfg.sched.min_lr, cfg.optim.clip_grad, cfg.aug.scale) == (2e-3, 1e-6, 5.0, (0.08, 1.0))
+    (tmp_path / 'c.yaml').write_text('optim: {lr: 2e-3, weight_decay: .05}\n')
+    assert load_config(tmp_path / 'c.yaml').optim.lr == 0.002
+    # only where the key is a number: strings stay strings, and a non-number is still refused
+    assert load_config(None, ['aug.auto_augment=1e-3']).aug.auto_augment == '1e-3'
+    with pytest.raises(ConfigError, match="optim.lr: expected float, got '2e-3x' \\(str\\)"):
+        load_config(None, ['optim.lr=2e-3x'])
+    with pytest.raises(ConfigError, match="epochs: expected int, got '1e3' \\(str\\)"):
+        load_config(None, ['epochs=1e3'])
+
+
 @pytest.mark.parametrize('overrides, message', [
     (['optim.lrr=0.1'], "unknown config key 'optim.lrr'; allowed keys in optim: name, lr,"),
     (['bogus=1'], "unknown config key 'bogus'; allowed keys: model, data,"),

@@ -7,13 +7,21 @@ exactly where the saved one stopped.
 """
 import os
 import random
+import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 
-__all__ = ['rng_state', 'set_rng_state', 'save_training_state', 'load_training_state']
+__all__ = [
+    'rng_state', 'set_rng_state', 'save_training_state', 'load_training_state', 'checkpoint_epoch',
+    'remove_unfinished_writes',
+]
+
+# what a killed write leaves: save_training_state's temporary files (.<name>.<pid>.tmp) and zoo.hub's partial files
+# (.<name>.<hex>.partial)
+_UNFINISHED = re.compile(r'^\..+\.(\d+\.tmp|[0-9a-f]+\.partial)$')
 
 
 def rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
@@ -67,3 +75,21 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def checkpoint_epoch(path: Union[str, Path]) -> Optional[int]:
+    """The epoch a checkpoint holds, or None when there is no readable checkpoint at `path` (memory-mapped: the
+    tensors are not read)."""
+    try:
+        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=True)['epoch'])
+    except Exception:  # absent, truncated, not a training checkpoint
+        return None
+
+
+def remove_unfinished_writes(folder: Union[str, Path]) -> List[Path]:
+    """Delete the temporary files that writes killed half-way left in `folder`; returns what was removed."""
+    folder = Path(folder)
+    removed = [p for p in folder.glob('.*') if _UNFINISHED.match(p.name) and p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

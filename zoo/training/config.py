@@ -6,6 +6,7 @@ an unknown key, a value of the wrong type or a value outside its choices raises 
 with one line that names the key, the value and what is allowed.
 """
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,6 +126,13 @@ class TrainConfig:
     device: str = 'auto'  # auto (cuda when available), cpu, cuda, cuda:1, ...
     output: str = 'output/train'
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    # DDP: make BatchNorm statistics the same on every process before each evaluation (timm's --dist-bn):
+    # average them (reduce), copy rank 0's (broadcast), or leave each process its own (none)
+    dist_bn: str = _choices('reduce', 'broadcast', 'none', default='reduce')
+
+
+# a number in decimal or exponent notation; YAML 1.1 (PyYAML) needs a dot to read 2e-3 or 1E5 as a float
+_DECIMAL = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
 
 
 def _type_name(tp) -> str:
@@ -164,6 +172,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 
 from .config import AugConfig, ConfigError, DataConfig
 
 __all__ = [
-    'DIGITS_SPLIT_SEED', 'DigitsDataset', 'model_data_config', 'create_dataset', 'create_train_transform',
-    'create_eval_transform', 'create_loader',
+    'DIGITS_SPLIT_SEED', 'DigitsDataset', 'ShardSampler', 'model_data_config', 'create_dataset',
+    'create_train_transform', 'create_eval_transform', 'create_loader',
 ]
 
 DIGITS_SPLIT_SEED = 0
@@ -95,6 +95,24 @@ def create_dataset(cfg: DataConfig, split: str, transform: Optional[Callable], i
         raise ConfigError(f'data.root: {folder} holds no usable ImageFolder tree ({e})') from None
 
 
+class ShardSampler(Sampler):
+    """Evaluation under DDP: process `rank` of `world_size` reads images rank, rank + world_size, ... in order, with
+    no padding (``DistributedSampler`` repeats images to even the shards out, so they would be counted twice). The
+    shards may differ in length by one; summed over the processes, every image counts exactly once."""
+
+    def __init__(self, dataset: Dataset, rank: Optional[int] = None, world_size: Optional[int] = None):
+        import torch.distributed as dist
+        self.num_images = len(dataset)
+        self.rank = dist.get_rank() if rank is None else rank
+        self.world_size = dist.get_world_size() if world_size is None else world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_images, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_images, self.world_size))
+
+
 def create_loader(
         dataset: Dataset,
         batch_size: int,
@@ -107,12 +125,15 @@ def create_loader(
     """A loader whose shuffling (and worker seeds) come from its own generator, `loader.generator`.
 
     Saving ``loader.generator.get_state()`` with a checkpoint and restoring it on resume replays the same
-    order; distributed samplers shuffle by seed and epoch (``loader.sampler.set_epoch``).
+    order; distributed samplers shuffle by seed and epoch (``loader.sampler.set_epoch``). A distributed
+    evaluation loader gives each process its shard of the images, each image exactly once (:class:`ShardSampler`).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=is_training, seed=seed, drop_last=is_training)
+    if distributed and is_training:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
+    elif distributed:
+        sampler = ShardSampler(dataset)
     elif is_training:
         sampler = RandomSampler(dataset, generator=generator)
     else:

@@ -6,11 +6,11 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.utils import AverageMeter, accuracy, dispatch_clip_grad
+from timm.utils import accuracy, dispatch_clip_grad, distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-__all__ = ['autocast', 'train_one_epoch', 'evaluate']
+__all__ = ['autocast', 'train_one_epoch', 'evaluate', 'sync_batchnorm_stats']
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -38,15 +38,17 @@ def train_one_epoch(
         model_ema=None,
         on_update: Optional[Callable[[int, float, float], None]] = None,
         progress: bool = False,
+        distributed: bool = False,
 ) -> Dict[str, float]:
     """Train for one pass over `loader`; returns the mean loss, the last lr and the update count reached.
 
     Gradients of `accum_steps` batches are summed before each optimizer update (a last, shorter group
     is scaled by its own size). `on_update(num_updates, loss, lr)` is called after every update with the
-    mean loss of that update's batches.
+    mean loss of that update's batches. With `distributed`, every process takes part and both losses (each
+    update's and the epoch's) are averaged over the processes, so that rank 0 reports the run's loss.
     """
     model.train()
-    losses = AverageMeter()
+    loss_sum, num_images = 0., 0
     num_batches = len(loader)
     last_group_start = num_batches - (num_batches % accum_steps or accum_steps)
     update_loss = 0.
@@ -66,7 +68,8 @@ def train_one_epoch(
             scaled = loss / group_size
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         update_loss += loss.item() / group_size
-        losses.update(loss.item(), images.size(0))
+        loss_sum += loss.item() * images.size(0)
+        num_images += images.size(0)
         if not is_update:
             continue
 
@@ -84,13 +87,35 @@ def train_one_epoch(
         if model_ema is not None:
             model_ema.update(model, step=num_updates)
         lr = optimizer.param_groups[0]['lr']
+        if distributed:
+            update_loss = _mean_over_processes(update_loss, device)
         if on_update is not None:
             on_update(num_updates, update_loss, lr)
         if scheduler is not None:
             scheduler.step_update(num_updates=num_updates)
+        bar.set_postfix(loss=f'{update_loss:.4f}', lr=f'{lr:.2e}', refresh=False)
         update_loss = 0.
-        bar.set_postfix(loss=f'{losses.val:.4f}', lr=f'{lr:.2e}', refresh=False)
-    return {'loss': losses.avg, 'lr': optimizer.param_groups[0]['lr'], 'num_updates': num_updates}
+    if distributed:
+        totals = torch.tensor([loss_sum, num_images], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        loss_sum, num_images = totals.tolist()
+    mean_loss = loss_sum / num_images if num_images else 0.
+    return {'loss': mean_loss, 'lr': optimizer.param_groups[0]['lr'], 'num_updates': num_updates}
+
+
+def _mean_over_processes(value: float, device: torch.device) -> float:
+    t = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def sync_batchnorm_stats(model: torch.nn.Module, mode: str) -> None:
+    """Make every process's BatchNorm running statistics the same before evaluating (timm's ``--dist-bn``):
+    'reduce' averages them over the processes, 'broadcast' copies rank 0's, 'none' leaves each its own."""
+    if mode not in ('reduce', 'broadcast', 'none'):
+        raise ValueError(f"dist_bn: expected 'reduce', 'broadcast' or 'none', got {mode!r}")
+    if mode != 'none':
+        distribute_bn(model, dist.get_world_size(), reduce=mode == 'reduce')
 
 
 @torch.no_grad()
@@ -107,7 +132,10 @@ def evaluate(
     """Top-1/top-5 accuracy (in %), mean cross-entropy, a confusion matrix (rows: target) and throughput.
 
     With `features`, also the pooled pre-logits features (``forward_head(pre_logits=True)``) and targets.
-    With `distributed`, the counts are summed over all processes.
+    With `distributed`, each process evaluates its shard of the images (a loader that counts each image once, e.g.
+    :class:`~zoo.training.data.ShardSampler`) and the sums are reduced over the processes; the forward passes
+    bypass DDP (no collective per batch, so shards may differ in length). Make the BatchNorm statistics the same
+    everywhere first (:func:`sync_batchnorm_stats`).
     """
     model.eval()
     net = model.module if isinstance(model, DistributedDataParallel) else model
@@ -131,7 +159,7 @@ def evaluate(
                 feats.append(pooled.float().cpu())
                 targets_all.append(targets.cpu())
             else:
-                logits = model(images)
+                logits = net(images)
         logits = logits.float()
         if device.type == 'cuda':
             torch.cuda.synchronize(device)

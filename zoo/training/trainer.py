@@ -2,13 +2,23 @@
 
 Runs single-process or under torchrun (DDP; nccl on GPUs, gloo on CPUs). Rank 0 writes the outputs in
 ``cfg.output``: ``last.pth`` each checkpoint epoch and ``best.pth`` (see :mod:`.checkpoint`),
-``summary.csv`` (one row per epoch, timm's format) and ``steps.csv`` (loss and lr of every update).
+``summary.csv`` (one row per epoch, timm's format) and ``steps.csv`` (loss and lr of every update); losses are
+averaged over the processes. Under DDP, BatchNorm statistics are made the same on every process before each
+evaluation (``dist_bn``) and every validation image is counted exactly once, so the figures are those of a
+single process.
+
+``last.pth`` records which epoch ``best.pth`` holds (``best_epoch``); it is written first, so a run killed
+between the two writes leaves a ``best.pth`` one improvement behind, which a resume rewrites from ``last.pth``.
+A resume also removes the temporary files of killed writes, copies the CSV history into a new output folder,
+refuses a checkpoint of another model in one line, and rebuilds the lr schedule (saying so) when ``epochs`` or
+``sched`` changed.
 """
 import csv
 import logging
 import math
+import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import timm
 import torch
@@ -21,10 +31,17 @@ from timm.utils import ModelEmaV3, random_seed, update_summary
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import (
+    checkpoint_epoch,
+    load_training_state,
+    remove_unfinished_writes,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 from .config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from .data import create_dataset, create_eval_transform, create_loader, create_train_transform, model_data_config
-from .engine import evaluate, train_one_epoch
+from .engine import evaluate, sync_batchnorm_stats, train_one_epoch
 
 __all__ = ['create_model_from_config', 'resolve_device', 'resolve_amp_dtype', 'train']
 
@@ -96,14 +113,95 @@ def _truncate_csv(path: Path, column: str, last: int) -> None:
         writer.writerows(r for r in rows if int(r[column]) <= last)
 
 
+def _has_rows(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _describe(items: List[str], limit: int = 3) -> str:
+    return ', '.join(items[:limit]) + (f' and {len(items) - limit} more' if len(items) > limit else '')
+
+
+def _state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """'' when `found` fits `expected` key for key and shape for shape, else a short summary of what differs."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f'{k} {list(found[k].shape)} (model: {list(v.shape)})'
+              for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    parts = [f'{len(items)} {what}: {_describe(items)}' for items, what in (
+        (missing, 'keys missing'), (unexpected, 'unexpected keys'), (shapes, 'keys of another shape')) if items]
+    return '; '.join(parts)
+
+
+def _check_resumable(cfg: TrainConfig, checkpoint: Dict[str, Any], resume: Union[str, Path]) -> None:
+    """One clear line for a checkpoint this config cannot continue (instead of torch's key-by-key traceback)."""
+    trained = checkpoint.get('config') or {}
+    arch = checkpoint.get('arch') or trained.get('model', {}).get('name')
+    if arch != cfg.model.name:
+        raise ConfigError(f'model.name: {cfg.model.name!r}, but checkpoint {resume} was trained with {arch!r}; resume '
+                          f'with model.name={arch}, or start a new run without --resume')
+    optim = trained.get('optim', {}).get('name')
+    if optim is not None and optim.lower() != cfg.optim.name.lower():
+        raise ConfigError(f'optim.name: {cfg.optim.name!r}, but checkpoint {resume} was trained with {optim!r}, whose '
+                          f'state cannot continue under another optimizer; resume with optim.name={optim}')
+    if checkpoint['epoch'] + 1 >= cfg.epochs:
+        done = checkpoint['epoch']
+        raise ConfigError(f'epochs: {cfg.epochs}, but checkpoint {resume} has finished epoch {done} (epochs count '
+                          f'from 0): nothing is left to train; set epochs above {done + 1}')
+
+
+def _schedule_changes(cfg: TrainConfig, checkpoint: Dict[str, Any]) -> List[str]:
+    """The schedule settings (epochs, sched.*) that differ from those the checkpoint's run had."""
+    trained = checkpoint.get('config') or {}
+    now = config_to_dict(cfg)
+    changes = []
+    if trained.get('epochs') != cfg.epochs:
+        changes.append(f'epochs {trained.get("epochs")} -> {cfg.epochs}')
+    before = trained.get('sched') or {}
+    changes += [f'sched.{k} {before.get(k)!r} -> {v!r}' for k, v in now['sched'].items() if before.get(k) != v]
+    return changes
+
+
+def _best_epoch(checkpoint: Dict[str, Any]) -> Optional[int]:
+    if 'best_epoch' in checkpoint:
+        return checkpoint['best_epoch']
+    # a checkpoint from before best_epoch was recorded: known when it is itself the best
+    if (checkpoint.get('metrics') or {}).get('top1') == checkpoint.get('best_top1'):
+        return checkpoint['epoch']
+    return None
+
+
+def _repair_best(output: Path, checkpoint: Dict[str, Any], resume: Union[str, Path]) -> None:
+    """Make best.pth hold the epoch that the resumed checkpoint says is the best (``best_epoch``)."""
+    best_epoch = _best_epoch(checkpoint)
+    best = output / 'best.pth'
+    held = checkpoint_epoch(best)
+    if best_epoch is None or held == best_epoch:
+        return
+    was = f'epoch {held}' if held is not None else 'nothing'
+    if best_epoch == checkpoint['epoch']:
+        save_training_state(checkpoint, best)  # the very state a killed run was about to write there
+        _logger.warning(f'best.pth held {was}, but the best top-1 ({checkpoint["best_top1"]:.4f}) is epoch '
+                        f'{best_epoch}, which {resume} holds (a run stopped between writing last.pth and best.pth): '
+                        f'rewrote best.pth from it')
+        return
+    elsewhere = Path(resume).parent / 'best.pth'
+    if elsewhere.resolve() != best.resolve() and checkpoint_epoch(elsewhere) == best_epoch:
+        save_training_state(load_training_state(elsewhere), best)
+        _logger.info(f'best.pth (epoch {best_epoch}) copied from {elsewhere}')
+        return
+    _logger.warning(f'best.pth holds {was}, but the best top-1 ({checkpoint["best_top1"]:.4f}) was epoch '
+                    f'{best_epoch}, whose weights are not at hand; best.pth is replaced at the next improvement')
+
+
 class _StepLog:
     """steps.csv: the loss and learning rate of every optimizer update."""
 
     def __init__(self, path: Path, epoch: int, append: bool):
+        header = not append or not _has_rows(path)
         self.file = open(path, 'a' if append else 'w', newline='')
         self.writer = csv.writer(self.file)
         self.epoch = epoch
-        if not append:
+        if header:
             self.writer.writerow(['epoch', 'update', 'loss', 'lr'])
 
     def __call__(self, num_updates: int, loss: float, lr: float) -> None:
@@ -135,10 +233,21 @@ def train(
     is_main = rank == 0
     random_seed(cfg.seed, rank)
     output = Path(cfg.output)
+    checkpoint = load_training_state(resume) if resume else None
+    if checkpoint is not None:
+        _check_resumable(cfg, checkpoint, resume)
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        removed = remove_unfinished_writes(output)
+        if removed:
+            _logger.info(f'Removed what killed writes left in {output}: {", ".join(p.name for p in removed)}')
+        if checkpoint is None:
             (output / 'summary.csv').unlink(missing_ok=True)  # update_summary appends
+        elif Path(resume).parent.resolve() != output.resolve():
+            for name in ('summary.csv', 'steps.csv'):  # a new output folder continues the run's history
+                source = Path(resume).parent / name
+                if source.is_file() and not (output / name).exists():
+                    shutil.copyfile(source, output / name)
 
     digits_size = cfg.data.image_size or DIGITS_IMAGE_SIZE
     train_set = create_dataset(cfg.data, 'train', None, digits_size)
@@ -188,32 +297,52 @@ def train(
             switch_prob=cfg.aug.mixup_switch_prob, label_smoothing=cfg.aug.label_smoothing, num_classes=num_classes)
     loss_fn = _loss_fn(cfg, mixup_fn is not None)
 
-    start_epoch, num_updates, best_top1 = 0, 0, -1.
-    if resume:
-        checkpoint = load_training_state(resume)
+    start_epoch, num_updates, best_top1, best_epoch = 0, 0, -1., None
+    if checkpoint is not None:
+        mismatch = _state_dict_mismatch(model.state_dict(), checkpoint['model'])
+        if mismatch:
+            trained_kwargs = (checkpoint.get('config') or {}).get('model', {}).get('kwargs')
+            raise ConfigError(f'model.kwargs: {cfg.model.kwargs!r}, but checkpoint {resume} holds a {cfg.model.name} '
+                              f'built with {trained_kwargs!r} for {checkpoint.get("num_classes")} classes, whose '
+                              f'weights do not fit ({mismatch})')
         model.load_state_dict(checkpoint['model'])
         optimizer.load_state_dict(checkpoint['optimizer'])
-        if scheduler is not None and checkpoint.get('scheduler') is not None:
-            scheduler.load_state_dict(checkpoint['scheduler'])
+        start_epoch, num_updates = checkpoint['epoch'] + 1, checkpoint['num_updates']
+        if scheduler is not None:
+            changes = _schedule_changes(cfg, checkpoint)
+            if checkpoint.get('scheduler') is not None and not changes:
+                scheduler.load_state_dict(checkpoint['scheduler'])
+            else:
+                # the schedule for the new settings, at the point the run has reached
+                lr_before = optimizer.param_groups[0]['lr']
+                scheduler.step(start_epoch)
+                scheduler.step_update(num_updates)
+                if is_main:
+                    _logger.warning(
+                        f'Resuming with another schedule ({", ".join(changes) or "none saved"}): the {cfg.sched.name} '
+                        f'schedule is rebuilt for {cfg.epochs} epochs and continues at epoch {start_epoch} with lr '
+                        f'{optimizer.param_groups[0]["lr"]:.3e} (the checkpoint\'s schedule had {lr_before:.3e})')
         if scaler is not None and checkpoint.get('scaler') is not None:
             scaler.load_state_dict(checkpoint['scaler'])
         if model_ema is not None and checkpoint.get('ema') is not None:
             model_ema.load_state_dict(checkpoint['ema'])
-        start_epoch, num_updates = checkpoint['epoch'] + 1, checkpoint['num_updates']
         best_top1 = checkpoint.get('best_top1', best_top1)
+        best_epoch = _best_epoch(checkpoint)
         if is_main:
             _truncate_csv(output / 'steps.csv', 'update', num_updates)
             _truncate_csv(output / 'summary.csv', 'epoch', checkpoint['epoch'])
+            _repair_best(output, checkpoint, resume)
         states = checkpoint['rng']
         set_rng_state(states[rank] if rank < len(states) else states[0], train_loader.generator)
         if is_main:
             _logger.info(f'Resumed from {resume} at epoch {start_epoch}')
+        del checkpoint
 
     if distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     wandb_run = _init_wandb(cfg) if cfg.log.wandb and is_main else None
-    step_log = _StepLog(output / 'steps.csv', start_epoch, append=resume is not None) if is_main else None
+    step_log = _StepLog(output / 'steps.csv', start_epoch, append=bool(resume)) if is_main else None
     metrics: Dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -225,19 +354,24 @@ def train(
                 model, train_loader, optimizer, loss_fn, device, epoch, num_updates, scheduler=scheduler,
                 amp_dtype=amp_dtype, scaler=scaler, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
                 clip_mode=cfg.optim.clip_mode, mixup_fn=mixup_fn, model_ema=model_ema, on_update=step_log,
-                progress=cfg.log.progress and is_main)
+                progress=cfg.log.progress and is_main, distributed=distributed)
             num_updates = train_metrics.pop('num_updates')
             if scheduler is not None:
                 scheduler.step(epoch + 1)
+            if distributed:
+                sync_batchnorm_stats(model, cfg.dist_bn)
             eval_metrics = _eval_metrics(evaluate(
                 model, val_loader, device, num_classes, amp_dtype, distributed=distributed,
                 progress=cfg.log.progress and is_main))
             if model_ema is not None and cfg.ema.eval:
+                if distributed:
+                    sync_batchnorm_stats(model_ema.module, cfg.dist_bn)
                 ema_metrics = evaluate(model_ema.module, val_loader, device, num_classes, amp_dtype,
                                        distributed=distributed)
                 eval_metrics.update({f'ema_{k}': v for k, v in _eval_metrics(ema_metrics).items()})
             improved = eval_metrics['top1'] > best_top1
-            best_top1 = max(best_top1, eval_metrics['top1'])
+            if improved:
+                best_top1, best_epoch = eval_metrics['top1'], epoch
             metrics = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
                        **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'best_top1': best_top1}
 
@@ -249,7 +383,7 @@ def train(
                     f'epoch {epoch}: train loss {train_metrics["loss"]:.4f}, lr {train_metrics["lr"]:.2e} | '
                     + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
                 update_summary(epoch, train_metrics, eval_metrics, output / 'summary.csv',
-                               write_header=epoch == 0)
+                               write_header=not _has_rows(output / 'summary.csv'))
                 if wandb_run is not None:
                     wandb_run.log(metrics, step=epoch)
                 if save:
@@ -262,8 +396,9 @@ def train(
                         'scheduler': scheduler.state_dict() if scheduler is not None else None,
                         'scaler': scaler.state_dict() if scaler is not None else None,
                         'ema': model_ema.state_dict() if model_ema is not None else None,
-                        'rng': rng, 'metrics': eval_metrics, 'best_top1': best_top1,
+                        'rng': rng, 'metrics': eval_metrics, 'best_top1': best_top1, 'best_epoch': best_epoch,
                     }
+                    # last.pth first: it says which epoch best.pth holds, and a resume repairs best.pth from it
                     save_training_state(state, output / 'last.pth')
                     if improved:
                         save_training_state(state, output / 'best.pth')
