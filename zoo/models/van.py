@@ -330,10 +330,13 @@ default_cfgs = generate_default_cfgs({
     'zoo_van_b6': _cfg(),
 })
 
-# sha256 of the LFS objects, from the Hugging Face upload commits of each file
+# sha256 of the LFS objects, from the Hugging Face upload commits of each file ("Upload <file> with git-lfs":
+# VAN-Tiny-original b13047f, VAN-Small-original 7c6fc22, VAN-Base-original 110abc6, VAN-Large-original b111445)
 register_sha256s({
     'hf-hub:Visual-Attention-Network/VAN-Tiny-original/van_tiny_754.pth.tar':
         '058bda07d27a89f27bbec8f3e47e6bda5de4f51dc59d0fb1f3cb835acb9130d8',
+    'hf-hub:Visual-Attention-Network/VAN-Small-original/van_small_811.pth.tar':
+        '7515c3da81dfd7f00413a8fa1e1d93dc7ecd13340a29fba0c02aed0deea9660b',
     'hf-hub:Visual-Attention-Network/VAN-Base-original/van_base_828.pth.tar':
         '3fbae1db35c4f1f96c4d66f1c8b13cac9194043171ff8a7e87fd21eb43a93725',
     'hf-hub:Visual-Attention-Network/VAN-Large-original/van_large_839.pth.tar':

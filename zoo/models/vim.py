@@ -581,9 +581,8 @@ default_cfgs = generate_default_cfgs({
         stride=8, hf_hub_id='hustvl/Vim-small-midclstok', hf_hub_filename='vim_s_midclstok_ft_81p6acc.pth'),
 })
 
-# sha256 of the LFS objects, from the Hugging Face upload commit of hustvl/Vim-tiny-midclstok (757b3e9) and the
-# "Git LFS Details" page of vim_s_midclstok_80p5acc.pth; none found published for vim_s_midclstok_ft_81p6acc.pth and
-# vim_b_midclstok_81p9acc.pth
+# sha256 of the LFS objects, from the Hugging Face upload commits of hustvl/Vim-tiny-midclstok (757b3e9) and
+# hustvl/Vim-small-midclstok (44c3934, both files); none found published for vim_b_midclstok_81p9acc.pth
 register_sha256s({
     'hf-hub:hustvl/Vim-tiny-midclstok/vim_t_midclstok_76p1acc.pth':
         'fedb1e60267f3bc7b2a8443f2ddead8d39e019d10247a87252162b3789801fd5',
@@ -591,6 +590,8 @@ register_sha256s({
         '9847490c5c3ca36cc38caf8be537b726f326a1b5b15764b0bde650934ac35b54',
     'hf-hub:hustvl/Vim-small-midclstok/vim_s_midclstok_80p5acc.pth':
         'aae4583e2def6389b66cfaf292cfade47a873182a39adbec19ec55b730ea9fe3',
+    'hf-hub:hustvl/Vim-small-midclstok/vim_s_midclstok_ft_81p6acc.pth':
+        'fc46ad7cbd7f35021de31aefc618611d9ee75958076fc8168ca47d6d613665e3',
 })
 
 
