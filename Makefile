@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,train
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+# Prebuilt wheels (mmcv 2.1.0 for this torch) that tools/build_mmcv.sh installs from instead of building; CI has one
+# beside the clone. Without it the build takes about 20 minutes on 2 cores, once (cached in ~/.cache/zoo/wheels).
+WHEELHOUSE ?= $(wildcard ../shared/wheels)
 
-.PHONY: venv test lint clean demo bench bench-kernels bench-kernels-gpu bench-kernels-load bench-plots aot
+.PHONY: venv mm test lint clean demo bench bench-kernels bench-kernels-gpu bench-kernels-load bench-plots aot
 
 $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +21,21 @@ $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 
 venv: $(BIN)/.installed
 
+# The mm extra (mmengine, mmcv 2.1.0 with compiled ops, mmdet, mmsegmentation) for configs/mmdet and configs/mmseg.
+$(BIN)/.installed-mm: $(BIN)/.installed tools/build_mmcv.sh
+	ZOO_WHEELHOUSE=$(WHEELHOUSE) PYTHON=$(BIN)/python bash tools/build_mmcv.sh
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),mm]"
+	touch $@
+
+mm: $(BIN)/.installed-mm
+
 lint: venv
 	$(BIN)/ruff check .
 
 # Triton-interpreter tests run in a process of their own: TRITON_INTERPRET must be set before triton
 # is imported. They go first so that the main suite's summary closes the output; pytest's exit code 5
 # means the selection was empty.
-test: lint
+test: lint mm
 	$(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m triton -p no:cacheprovider -q; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 	$(OFFLINE) $(BIN)/python -m pytest -m "not triton" -p no:cacheprovider

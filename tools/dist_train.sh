@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Distributed training with torchrun: tools/dist_train.sh CONFIG NUM_PROCS [train.py arguments...]
+# CONFIG: a classification YAML or an mmdet/mmseg .py config (train.py dispatches on the type).
 # One process per GPU (nccl), or CPU processes (gloo) where there is no GPU. Multi-node: set NNODES,
 # NODE_RANK, MASTER_ADDR and MASTER_PORT on every node.
 set -euo pipefail

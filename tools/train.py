@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Train a zoo model from a YAML config in configs/classification/.
+"""Train a zoo model from a YAML config in configs/classification/, or a detector/segmentor from an mmdet/mmseg
+config (a .py file in configs/mmdet/, configs/mmseg/; needs the mm extra).
 
 Examples::
 
@@ -7,8 +8,12 @@ Examples::
     python tools/train.py configs/classification/van_b0_imagenet.yaml --opt data.root=/data/imagenet optim.lr=2e-3
     python tools/train.py configs/classification/demo_digits.yaml --resume          # continue <output>/last.pth
     tools/dist_train.sh configs/classification/van_b0_imagenet.yaml 8 --opt data.root=/data/imagenet
+    python tools/train.py configs/mmdet/van/mask-rcnn_van-b2_fpn_1x_coco.py --opt train_dataloader.batch_size=4
+    tools/dist_train.sh configs/mmseg/van/upernet_van-b2_8xb2-160k_ade20k-512x512.py 8 --resume
 
-The logic lives in :mod:`zoo.training`; this script parses, calls it and reports.
+The logic lives in :mod:`zoo.training` (classification) and :mod:`zoo.mm.runner` (mmengine's Runner for mm
+configs: --opt takes mmengine's KEY=VALUE overrides, --output is the work_dir, --resume continues the latest
+checkpoint there); this script parses, calls them and reports.
 """
 import logging
 import sys
@@ -23,7 +28,7 @@ from zoo.training import ConfigError, load_config, train
 
 def build_parser() -> ToolParser:
     parser = ToolParser(prog='train.py', description=__doc__.split('\n')[0], aliases={'override': '--opt'})
-    parser.add_argument('config', help='YAML config (keys of zoo.training.config.TrainConfig)')
+    parser.add_argument('config', help='YAML config (keys of zoo.training.TrainConfig) or mmdet/mmseg .py config')
     parser.add_argument('--opt', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                         help='override config keys, dotted, values in YAML syntax: optim.lr=0.01 model.kwargs={...}')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
@@ -41,6 +46,8 @@ def build_parser() -> ToolParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config.endswith('.py'):
+        return train_dense(parser, args)
     overrides = list(args.opt)
     if args.output:
         overrides.append(f'output={args.output}')
@@ -65,6 +72,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         logging.getLogger('train').info(
             f'done: epoch {metrics["epoch"]}, eval top1 {metrics["eval_top1"]:.2f}%, best {metrics["best_top1"]:.2f}%, '
             f'checkpoints in {cfg.output}')
+    return 0
+
+
+def train_dense(parser: ToolParser, args) -> int:
+    """An mmdet/mmseg config: mmengine's Runner through zoo.mm (only installed with the mm extra)."""
+    for flag, value in (('--wandb', args.wandb), ('--wandb-mode', args.wandb_mode),
+                        ('--stop-after-epoch', args.stop_after_epoch)):
+        if value:
+            parser.error(f'{flag} is for classification configs; an mmdet/mmseg config sets its hooks itself '
+                         f'(override them with --opt)')
+    try:
+        from zoo.mm import runner
+    except ImportError as e:
+        parser.error(f'{args.config} is an mmdet/mmseg config, which needs the mm extra (make mm): {e}')
+    try:
+        built = runner.build_runner(args.config, args.opt, work_dir=args.output, resume=args.resume)
+    except runner.ConfigError as e:
+        parser.fail(e)
+    built.train()
+    metrics = runner.last_metrics(built)
+    print(f'done: {runner.summary(metrics) if metrics else "no validation"}, checkpoints in {built.work_dir}')
     return 0
 
 

@@ -20,6 +20,9 @@ from . import hub
 __all__ = ['family_models', 'measure', 'render_card', 'load_facts']
 
 _FACT_KEYS = {'title', 'paper', 'code', 'description', 'reported', 'notes', 'citation'}
+# optional: the family's mmdet/mmseg configs and what their authors reported for them
+_OPTIONAL_FACT_KEYS = {'downstream'}
+_DOWNSTREAM_KEYS = {'config', 'task', 'reported', 'source'}
 
 
 def family_models(family: str) -> List[str]:
@@ -42,10 +45,15 @@ def measure(name: str) -> Dict[str, float]:
 
 def load_facts(path: Path) -> Dict[str, Any]:
     facts = yaml.safe_load(path.read_text())
-    unknown, missing = set(facts) - _FACT_KEYS, _FACT_KEYS - set(facts)
+    unknown, missing = set(facts) - _FACT_KEYS - _OPTIONAL_FACT_KEYS, _FACT_KEYS - set(facts)
     if unknown or missing:
         raise ValueError(f'{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; '
-                         f'a facts file has exactly {sorted(_FACT_KEYS)}')
+                         f'a facts file has exactly {sorted(_FACT_KEYS)}, optionally {sorted(_OPTIONAL_FACT_KEYS)}')
+    for row in facts.get('downstream', []):
+        if set(row) != _DOWNSTREAM_KEYS:
+            raise ValueError(f'{path}: downstream entry {row} must have exactly the keys {sorted(_DOWNSTREAM_KEYS)}')
+        if not (Path(__file__).resolve().parents[1] / row['config']).is_file():
+            raise ValueError(f"{path}: downstream config {row['config']} does not exist")
     return facts
 
 
@@ -93,6 +101,25 @@ def _weights_table(family: str) -> List[str]:
     return lines
 
 
+def _downstream_section(facts: Dict[str, Any]) -> List[str]:
+    rows = facts.get('downstream')
+    if not rows:
+        return []
+    lines = [
+        '## Detection and segmentation',
+        '',
+        'mmdet 3.x / mmsegmentation 1.x configs with `ZooBackbone` (`make mm`, see the README); train with '
+        '`tools/train.py CONFIG`, evaluate with `tools/test.py CONFIG CHECKPOINT`.',
+        '',
+        '| Config | Task | Reported | Source of the number |',
+        '| :--- | :--- | :--- | :--- |',
+    ]
+    for row in rows:
+        lines.append(f"| [`{Path(row['config']).name}`](../{row['config']}) | {row['task']} | "
+                     f"{row['reported'] or '—'} | {' '.join(str(row['source']).split())} |")
+    return lines + ['']
+
+
 def render_card(family: str, facts: Dict[str, Any]) -> str:
     paper, code = facts['paper'], facts['code']
     models = family_models(family)
@@ -128,6 +155,7 @@ def render_card(family: str, facts: Dict[str, Any]) -> str:
         '',
         *_weights_table(family),
         '',
+        *_downstream_section(facts),
         '## Notes',
         '',
         *[f"- {' '.join(note.split())}" for note in facts['notes']],
