@@ -64,14 +64,15 @@ def test_resume_after_a_kill_continues_exactly(tmp_path):
     assert all(final_resumed['ema'][k].equal(v) for k, v in final_full['ema'].items())
 
 
-# tools/train.py, killed (SIGKILL) the moment it starts writing best.pth after an improvement at epoch >= 1: last.pth is
-# already written, best.pth's temporary file is half-way
+# A training process (what tools/train.py runs), killed (SIGKILL) the moment it starts writing best.pth after an
+# improvement at epoch >= 1: last.pth is already written, best.pth's temporary file is half-way
 KILLED_BETWEEN_WRITES = """
-import io, os, runpy, signal, sys
+import io, os, signal, sys
 from pathlib import Path
 
 import torch
 import zoo.training.trainer as trainer
+from zoo.training import load_config, train
 
 real_save = trainer.save_training_state
 
@@ -87,8 +88,8 @@ def save(state, path):
 
 
 trainer.save_training_state = save
-sys.argv = ['tools/train.py', *sys.argv[1:]]
-runpy.run_path('tools/train.py', run_name='__main__')
+config, output, *overrides = sys.argv[1:]
+train(load_config(config, [*overrides, f'output={output}', 'log.progress=false']))
 """
 
 
@@ -100,7 +101,7 @@ def test_kill_between_last_and_best_is_repaired_on_resume(tmp_path):
     out = tmp_path / 'out'
     opts = [*TINY_DIGITS_OPTS, 'epochs=4']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    killed = subprocess.run([sys.executable, str(child), DEMO, '--no-progress', '--output', str(out), '--opt', *opts],
+    killed = subprocess.run([sys.executable, str(child), DEMO, str(out), *opts],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     last = load_training_state(out / 'last.pth')
