@@ -31,12 +31,15 @@ that costs nothing), so model cards and benchmarks count what they counted befor
 FX: :func:`fx_leaf` makes the public function a leaf of ``torch.fx.symbolic_trace`` (one ``call_function`` node
 that calls it again when the graph runs), so argument checks never see a Proxy.
 """
+import contextlib
 import functools
 import importlib
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch._decomp import register_decomposition
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from .backend import choose
@@ -65,6 +68,22 @@ def _unaliased(outputs: Sequence[torch.Tensor], inputs: Sequence[Any]) -> List[t
             seen.add(ptr)
         result.append(t)
     return result
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable form of a scalar argument (lists become tuples)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _no_autocast(tensors: Sequence[Any]) -> contextlib.ExitStack:
+    """Autocast off for the devices of ``tensors`` while a backend runs: an operator computes in its inputs' dtypes
+    (a model under torch.autocast casts them before the call), so its own matrix products must not be recast (the
+    cpu backends mix float32 accumulators with products that autocast would return in bfloat16)."""
+    stack = contextlib.ExitStack()
+    for device_type in sorted({t.device.type for t in tensors if isinstance(t, torch.Tensor)}):
+        if device_type in ('cpu', 'cuda') and torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
 
 
 def _find_proxy(value: Any) -> Optional[torch.fx.Proxy]:
@@ -184,6 +203,7 @@ class Operator:
         scalars = ', '.join(f'{_schema_arg(t)} {n}' for n, t in _schema_types(args)
                             if t not in ('Tensor', 'Optional[Tensor]'))
         self._fake = fake
+        self._stats_shapes: Dict[tuple, List[Tuple[int, ...]]] = {}  # argument shapes -> statistics shapes
         self._decomposition = decomposition
         self._gradients = gradients
 
@@ -230,17 +250,55 @@ class Operator:
         kwargs = self._kwargs(args)
         _, backend = self.backend(kwargs)
         kwargs.pop('backend')
-        outputs = backend.forward(**kwargs)
+        with _no_autocast(args):
+            outputs = backend.forward(**kwargs)
         if isinstance(outputs, torch.Tensor):
             return _unaliased([outputs], args)[0]
-        return tuple(_unaliased(outputs, args))
+        return tuple(_unaliased(self._flat_stats(outputs), args))
 
     def _forward_fake(self, *args, **kwargs):
         kwargs = self._kwargs(args, kwargs)
         name, _ = self.backend(kwargs)
         kwargs.pop('backend')
         outputs = self._fake(name, **kwargs)
-        return outputs if isinstance(outputs, torch.Tensor) else tuple(outputs)
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        # new 1-D tensors rather than reshape(-1), whose contiguity check would guard on the size-1 dims
+        return (*outputs[:self.n_outputs], *[t.new_empty((t.numel(),)) for t in outputs[self.n_outputs:]])
+
+    def _flat_stats(self, outputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The results as the backend returns them and the statistics flattened to 1-D. A statistics dim that is 1
+        at a traced example size (a BiFormer region of one token, one scan chunk) would otherwise pin that size:
+        torch's contiguity checks of traced outputs guard on size-1 dims, and torch.export turns the guard into a
+        runtime assertion of the exported program. The backward gets them back in the backend's shapes."""
+        return [*outputs[:self.n_outputs], *[t.reshape(-1) for t in outputs[self.n_outputs:]]]
+
+    def _backend_outputs(self, name: str, kwargs: Dict[str, Any],
+                         outputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The forward's outputs with the statistics in the shapes the backend made them (see :meth:`_flat_stats`):
+        those of its fake implementation (on fake copies of real arguments, allocating nothing)."""
+        stats = outputs[self.n_outputs:]
+        if not stats:
+            return list(outputs)
+        tensors = [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+        if any(isinstance(t, FakeTensor) or t.is_meta for t in tensors):
+            shapes = [t.shape for t in self._fake(name, **kwargs)[self.n_outputs:]]
+        else:
+            key = (name, *[(tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else _frozen(v)
+                           for v in kwargs.values()])
+            shapes = self._stats_shapes.get(key)
+            if shapes is None:
+                with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                    fake = self._fake(name, **{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+                                               for k, v in kwargs.items()})
+                shapes = [tuple(t.shape) for t in fake[self.n_outputs:]]
+                if len(self._stats_shapes) >= 256:
+                    self._stats_shapes.clear()
+                self._stats_shapes[key] = shapes
+        # a backend may leave a statistic empty where its fake describes one (a fallback path that recomputes in
+        # backward): that one goes back as it came
+        return [*outputs[:self.n_outputs],
+                *[t.view(shape) if t.numel() == math.prod(shape) else t for t, shape in zip(stats, shapes)]]
 
     def _forward_flops(self, *args, out_val=None, **kwargs) -> int:
         kwargs = self._kwargs(args, kwargs)
@@ -252,10 +310,11 @@ class Operator:
 
     def _backward_flops(self, grads, inputs, outputs, needs, *scalars, out_val=None) -> int:
         kwargs = self._backward_kwargs(inputs, scalars)
-        _, backend = self.backend(kwargs)
+        name, backend = self.backend(kwargs)
         kwargs.pop('backend')
+        outputs = self._backend_outputs(name, kwargs, outputs)
         with FlopCounterMode(display=False) as counter:
-            backend.backward(list(grads), list(outputs), dict(zip(self.differentiable, needs)), **kwargs)
+            backend.backward(list(grads), outputs, dict(zip(self.differentiable, needs)), **kwargs)
         return counter.get_total_flops()
 
     def _decompose(self, *args, **kwargs):
@@ -286,9 +345,11 @@ class Operator:
     def _backward_impl(self, grads, inputs, outputs, needs, *scalars):
         kwargs = self._backward_kwargs(inputs, scalars)
         present = self._present(kwargs, needs)
-        _, backend = self.backend(kwargs)
+        name, backend = self.backend(kwargs)
         kwargs.pop('backend')
-        result = backend.backward(list(grads), list(outputs), dict(zip(self.differentiable, needs)), **kwargs)
+        backend_outputs = self._backend_outputs(name, kwargs, outputs)
+        with _no_autocast([*grads, *inputs, *outputs]):
+            result = backend.backward(list(grads), backend_outputs, dict(zip(self.differentiable, needs)), **kwargs)
         device = outputs[0].device
         result = [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
                   for n, g, p in zip(self.differentiable, result, present)]

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -5,7 +7,8 @@ import timm
 
 from zoo.cards import family_models, load_facts, measure, render_card
 
-CARDS = Path(__file__).resolve().parents[1] / 'model_cards'
+ROOT = Path(__file__).resolve().parents[1]
+CARDS = ROOT / 'model_cards'
 FACTS = sorted((CARDS / 'facts').glob('*.yaml'))
 
 
@@ -41,3 +44,19 @@ def test_facts_schema_is_checked(tmp_path):
     path.write_text('title: X\npaper: {}\nsurprise: 1\n')
     with pytest.raises(ValueError, match=r"unknown keys \['surprise'\], missing keys \['citation', 'code'"):
         load_facts(path)
+
+
+# --- the command line: tools/cards.py ---------------------------------------------------------------------------
+
+def test_cli_check_passes_on_a_committed_card():
+    """One family (test_card_is_up_to_date renders every card in process)."""
+    proc = subprocess.run([sys.executable, 'tools/cards.py', 'mambaout', '--check'], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'out of date: none'
+
+
+def test_cli_unknown_family_is_refused():
+    proc = subprocess.run([sys.executable, 'tools/cards.py', 'nope', '--check'], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 2 and 'no facts file for nope' in proc.stderr

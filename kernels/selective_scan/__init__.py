@@ -32,8 +32,8 @@ Backends (``kernels.backend``): ``reference`` (the sequential recurrence), ``cpu
 first use, with a chunked PyTorch scan as fallback), ``triton`` (chunked scan, state in registers).
 
 Operator: ``torch.ops.zoo.selective_scan`` (:mod:`kernels.library`) on the normalized layout: one node under
-torch.compile, torch.export and FX; ONNX export decomposes it into the chunked PyTorch scan (about 2 sqrt(L)
-steps). An empty batch (b = 0) gives an empty output.
+torch.compile, torch.export and FX; ONNX export decomposes it into the recurrence as an ONNX ``Scan`` node
+(:mod:`.decomposition`: one exported program for every length). An empty batch (b = 0) gives an empty output.
 """
 import weakref
 from typing import Dict, Optional, Tuple, Union
@@ -44,6 +44,7 @@ from .. import checks
 from ..backend import requested_backend
 from ..library import Operator, Recompute, empty_stats, fx_leaf, lazy_module
 from . import cpu, limits, native, reference
+from .decomposition import selective_scan_decomposition
 
 __all__ = ['selective_scan']
 
@@ -72,8 +73,8 @@ _OP = Operator(
     backends={'reference': Recompute(reference.selective_scan, _DIFFERENTIABLE, n_stats=2), 'cpu': cpu,
               'triton': lazy_module('kernels.selective_scan.triton')},
     triton_limit=lambda u, A, **_: limits.triton_limit(u, A), fake=_fake,
-    # ONNX: the chunked scan (about 2 sqrt(L) steps, not L)
-    decomposition=cpu.selective_scan_torch)
+    # ONNX: the recurrence as an ONNX Scan (any length)
+    decomposition=selective_scan_decomposition)
 # id(orders) -> (weak reference, (data pointer, version)) of the index tables already checked
 _checked_orders: Dict[int, Tuple[weakref.ref, Tuple[int, int]]] = {}
 

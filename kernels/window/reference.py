@@ -8,8 +8,9 @@ __all__ = ['window_attention', 'padded_size', 'partition', 'reverse', 'relative_
 
 
 def padded_size(size: int, window: int) -> int:
-    """The map size rounded up to a multiple of the window (block) or grid (grid) size."""
-    return -(-size // window) * window
+    """The map size rounded up to a multiple of the window (block) or grid (grid) size. A floor division of a
+    non-negative number: ONNX export translates a floor division of a negative one as a truncating division."""
+    return (size + window - 1) // window * window
 
 
 def partition(x: torch.Tensor, window_size: Tuple[int, int], grid: bool) -> torch.Tensor:

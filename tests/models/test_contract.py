@@ -16,6 +16,7 @@ import math
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg, group_parameters, model_entrypoint
 
@@ -311,3 +312,45 @@ def test_state_dict_round_trip_and_pretrained_file(light_model, tmp_path):
         x, indices=list(features.feature_info.out_indices), intermediates_only=True)
     for feat, ref in zip(features(x), intermediates):
         torch.testing.assert_close(feat, ref)
+
+
+def _autocast_cases():
+    """(device, dtype) of the mixed-precision checks: bfloat16 on the CPU; float16 and bfloat16 on CUDA where there
+    is a GPU."""
+    cases = [('cpu', torch.bfloat16)]
+    if torch.cuda.is_available():
+        cases += [('cuda', torch.float16), ('cuda', torch.bfloat16)]
+    return cases
+
+
+@pytest.mark.parametrize('name', LIGHT_MODELS)
+def test_trains_a_step_under_autocast(name):
+    """AMP training (on in the ImageNet base schedule): one optimizer step under torch.autocast with a finite loss,
+    a finite gradient for every parameter and finite parameters after the step."""
+    for device, dtype in _autocast_cases():
+        model = create(name, num_classes=42).to(device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = input_for(model).to(device)
+        with torch.autocast(device, dtype=dtype):
+            out = model(x)
+        assert out.shape == (BATCH, 42)
+        loss = F.cross_entropy(out.float(), torch.arange(BATCH, device=device))
+        loss.backward()
+        assert torch.isfinite(loss), f'{device} {dtype}: loss {loss.item()}'
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f'{device} {dtype}: parameters without gradient: {missing[:5]}'
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, f'{device} {dtype}: non-finite gradients: {bad[:5]}'
+        optimizer.step()
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@torch.no_grad()
+def test_empty_batch_gives_empty_outputs(model):
+    """A batch of 0 images gives 0 logits and 0-batch feature maps (the kernels return empty results for empty
+    inputs; a dataloader's last batch or a detector's empty proposal set send them)."""
+    x = input_for(model, batch=0)
+    assert model(x).shape == (0, model.num_classes)
+    _, intermediates = model.forward_intermediates(x)
+    for feat, info in zip(intermediates, model.feature_info):
+        assert feat.shape == (0, info['num_chs'], *level_hw(model, info, SIZE))

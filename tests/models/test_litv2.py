@@ -286,6 +286,20 @@ def test_dtm_runs_in_bfloat16():
     assert_rel_close(out.float(), ref, rel=5e-2)
 
 
+def test_dtm_trains_under_float16_autocast_on_the_cpu():
+    """torchvision's CPU deform_conv2d takes no float16: under fp16 autocast (the offsets come out of the conv in
+    float16, the weight stays float32) the merging computes it in float32 and gives a float16 result."""
+    dtm = _dtm()
+    x = torch.randn(1, 8, 8, 6, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.float16):
+        out = dtm(x)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dtm.parameters())
+    with torch.no_grad():
+        assert_rel_close(out.detach().float(), dtm(x), rel=5e-2)
+
+
 # --- any input size --------------------------------------------------------------------------------------------
 
 DET_META, DET = read('litv2_det_parity')

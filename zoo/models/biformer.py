@@ -46,7 +46,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from kernels import region_topk, routed_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
-from zoo.layers import StagedModelMixin
+from zoo.layers import StagedModelMixin, fx_leaf, pad_bottom_right, pad_to_multiple
 
 __all__ = ['BiFormer', 'BiLevelRoutingAttention', 'GlobalAttentionLePE']
 
@@ -54,6 +54,37 @@ _logger = logging.getLogger(__name__)
 
 # q, k and v elements (all heads) above which BiLevelRoutingAttention calls routed_attention per group of heads
 _ROUTED_CALL_ELEMENTS = 1 << 23
+
+
+@fx_leaf
+def _routed_by_head_groups(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        index: torch.Tensor,
+        n_win: int,
+        scale: float,
+        height: int,
+        width: int,
+        qkv_numel: int,
+        valid_hw: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
+    """``routed_attention`` of (B, heads, Hp, Wp, D) maps, as (B, height, width, heads, Dv) cropped to the real map.
+
+    routed_attention keeps region-major copies of its inputs and output; on large maps (``qkv_numel`` above
+    ``_ROUTED_CALL_ELEMENTS``) one call per group of heads bounds them to a group (heads are independent, the routes
+    shared). torch.export makes one call (a group count would pin the exported sizes)."""
+    heads = q.shape[1]
+    groups = 1 if torch.compiler.is_exporting() else max(1, min(heads, math.ceil(qkv_numel / _ROUTED_CALL_ELEMENTS)))
+    size = math.ceil(heads / groups)
+    masked = {} if valid_hw is None else dict(valid_hw=valid_hw)
+    parts = []
+    for i in range(0, heads, size):
+        part = routed_attention(q[:, i:i + size], k[:, i:i + size], v[:, i:i + size], index, n_win, scale=scale,
+                                **masked)
+        parts.append(part.permute(0, 2, 3, 1, 4)[:, :height, :width])
+        del part
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -105,14 +136,11 @@ class BiLevelRoutingAttention(nn.Module):
         freed as soon as the qkv projection has read it."""
         B, H, W, C = x.shape
         n = self.n_win
-        Hp, Wp = math.ceil(H / n) * n, math.ceil(W / n) * n
-        padded = (Hp, Wp) != (H, W)
         if norm is not None:
             x = norm(x)
-        if padded:
-            # auto_pad: zeros before the projection, so padded tokens get the bias as q, k and v; with mask_padding
-            # the kernels never read them
-            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        # auto_pad: zeros before the projection, so padded tokens get the bias as q, k and v; with mask_padding the
+        # kernels never read them (valid_hw equal to the map's size, where nothing is padded, masks nothing)
+        x = pad_bottom_right(x, pad_to_multiple(H, n), pad_to_multiple(W, n), channels_last=True)
         qkv = self.qkv(x)
         del x
         q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
@@ -121,21 +149,10 @@ class BiLevelRoutingAttention(nn.Module):
         q = q.unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
         k = k.unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
         vh = v.unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
-        masked = dict(valid_hw=(H, W)) if padded and self.mask_padding else {}
+        masked = dict(valid_hw=(H, W)) if self.mask_padding else {}
         index = region_topk(q, k, n, self.topk, **masked)
-        # routed_attention keeps region-major copies of its inputs and output; on large maps, one call per group of
-        # heads bounds them to a group (heads are independent, the routes shared)
-        groups = min(heads, math.ceil(qkv.numel() / _ROUTED_CALL_ELEMENTS))
-        size = math.ceil(heads / groups)
-        parts = []
-        for i in range(0, heads, size):
-            part = routed_attention(
-                q[:, i:i + size], k[:, i:i + size], vh[:, i:i + size], index, n, scale=self.scale, **masked)
-            parts.append(part.permute(0, 2, 3, 1, 4)[:, :H, :W])
-            del part
+        out = _routed_by_head_groups(q, k, vh, index, n, self.scale, H, W, qkv.numel(), **masked).reshape(B, H, W, C)
         del q, k, vh, qkv
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)).reshape(B, H, W, C)
-        del parts
         if self.lepe is not None:
             # auto_pad: LePE reads the padded values (the bias) across the border; masked: only the real map.
             # A contiguous copy of v for the conv, so that autograd keeps it and not the whole qkv buffer
@@ -172,7 +189,8 @@ class GlobalAttentionLePE(nn.Module):
         if norm is not None:
             x = norm(x)
         B, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)  # no -1: B may be 0
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as the original
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
@@ -290,9 +308,7 @@ class PatchStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the conv drops a remainder of the size; pad to a multiple of 4 so every pixel is seen (no-op at 224)
-        pad_h, pad_w = (-x.shape[-2]) % 4, (-x.shape[-1]) % 4
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_bottom_right(x, pad_to_multiple(x.shape[-2], 4), pad_to_multiple(x.shape[-1], 4))
         return self.norm(self.conv(x))
 
 
@@ -321,10 +337,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         # odd maps: pad the normalised map with zeros so the last row/column is not dropped
-        pad_h, pad_w = x.shape[-2] % 2, x.shape[-1] % 2
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.conv(x)
+        return self.conv(pad_bottom_right(x, pad_to_multiple(x.shape[-2], 2), pad_to_multiple(x.shape[-1], 2)))
 
 
 class BiFormerStage(nn.Module):

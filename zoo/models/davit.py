@@ -27,8 +27,32 @@ from timm.models import generate_default_cfgs, register_model
 
 from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import pad_bottom_right, pad_to_multiple
 
 __all__ = ['DaViT']
+
+
+class Stem(_timm_davit.Stem):
+    """timm's stem (conv + norm after padding to the stride) with the padding as :func:`pad_to_multiple` (the same
+    amounts; a form that keeps torch.export with dynamic sizes fast)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        x = pad_bottom_right(x, pad_to_multiple(H, self.stride[0]), pad_to_multiple(W, self.stride[1]))
+        return self.norm(self.conv(x))
+
+
+class Downsample(_timm_davit.Downsample):
+    """timm's downsampling (norm, then a strided conv after padding to an even kernel) with the padding as
+    :func:`pad_to_multiple`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        x = self.norm(x)
+        if self.even_k:
+            k_h, k_w = self.conv.kernel_size
+            x = pad_bottom_right(x, pad_to_multiple(H, k_h), pad_to_multiple(W, k_w))
+        return self.conv(x)
 
 
 class WindowAttention(_timm_davit.WindowAttention):
@@ -75,6 +99,10 @@ class DaViT(_timm_davit.DaVit):
             if type(module) is _timm_davit.SpatialBlock:
                 module.__class__ = SpatialBlock
                 module.attn.__class__ = WindowAttention
+            elif type(module) is _timm_davit.Stem:
+                module.__class__ = Stem
+            elif type(module) is _timm_davit.Downsample:
+                module.__class__ = Downsample
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:

@@ -38,7 +38,7 @@ Where this port differs from the original code (the numbers are equal wherever t
 """
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Type
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -56,7 +56,7 @@ from torchvision.ops import deform_conv2d
 
 from kernels import window_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
-from zoo.layers import StagedModelMixin
+from zoo.layers import StagedModelMixin, fx_leaf, pad_bottom_right, pad_to_multiple
 
 __all__ = ['LITv2']
 
@@ -83,10 +83,27 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         ph, pw = self.patch_size
-        pad_h, pad_w = (ph - H % ph) % ph, (pw - W % pw) % pw
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_bottom_right(x, pad_to_multiple(H, ph), pad_to_multiple(W, pw))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+@fx_leaf
+def _deform_conv2d(
+        x: torch.Tensor,
+        offset: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        stride: Tuple[int, int],
+        padding: Tuple[int, int],
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` in the dtype of ``x``. torchvision's kernels take float32/64, and float16 on
+    CUDA only (the CPU kernel fails on float16, also under autocast, where x and offset arrive in float16 and the
+    weight in float32): any other dtype is computed in float32."""
+    dtype = x.dtype
+    native = dtype in (torch.float32, torch.float64) or (dtype == torch.float16 and x.is_cuda)
+    compute = dtype if native else torch.float32
+    x, offset, weight, bias = (t.to(compute) for t in (x, offset, weight, bias))
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding).to(dtype)
 
 
 class DeformConv2dPack(nn.Module):
@@ -124,11 +141,7 @@ class DeformConv2dPack(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = self.conv_offset(x)
-        weight, bias, dtype = self.weight, self.bias, x.dtype
-        if dtype == torch.bfloat16:  # torchvision's kernels take float32/64 and float16 only
-            x, offset, weight, bias = x.float(), offset.float(), weight.float(), bias.float()
-        return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=self.padding).to(dtype)
+        return _deform_conv2d(x, self.conv_offset(x), self.weight, self.bias, self.stride, self.padding)
 
 
 class DeformableTokenMerging(nn.Module):
@@ -145,9 +158,7 @@ class DeformableTokenMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
-        x = x.permute(0, 3, 1, 2)
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, W % 2, 0, H % 2))
+        x = pad_bottom_right(x.permute(0, 3, 1, 2), pad_to_multiple(H, 2), pad_to_multiple(W, 2))
         x = self.act(self.norm(self.dconv(x.contiguous())))
         return x.permute(0, 2, 3, 1)
 
@@ -216,7 +227,8 @@ class HiLoAttention(nn.Module):
             # mean over the real tokens of each ws x ws cell; a partial cell at the bottom/right (ceil_mode) averages
             # only the tokens it holds, equal to the original's AvgPool2d(ws, ws) wherever H and W are multiples
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws, ceil_mode=True).permute(0, 2, 3, 1)
-        k, v = self.l_kv(x).reshape(B, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        kv = self.l_kv(x).reshape(B, x.shape[1] * x.shape[2], 2, self.l_heads, self.head_dim)  # no -1: B may be 0
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, H * W, head_dim)
         return self.l_proj(x.transpose(1, 2).reshape(B, H, W, self.l_dim))
 

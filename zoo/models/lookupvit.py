@@ -56,6 +56,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import fx_leaf
 
 __all__ = ['LookupViT', 'LookupBlock']
 
@@ -68,6 +69,13 @@ def _compressed_size(size: SizeArg) -> Tuple[int, int]:
         raise ValueError(f'compressed_size must be a positive int or a pair of positive ints (rows, cols), '
                          f'e.g. 7 or (7, 7); got {size!r}')
     return tuple(size)
+
+
+@fx_leaf
+def _compressed_grid(compressed_size: Tuple[int, int], height: int, width: int) -> Tuple[int, int]:
+    """The compressed grid: ``compressed_size`` clamped to the lookup grid (a symbolic min, no guard, where the grid
+    is symbolic under torch.export)."""
+    return torch.sym_min(compressed_size[0], height), torch.sym_min(compressed_size[1], width)
 
 
 class GatherAttention(nn.Module):
@@ -304,7 +312,7 @@ class LookupViT(nn.Module):
         pos_embed = resample_abs_pos_embed(
             self.pos_embed, new_size=(H, W), old_size=self.patch_embed.grid_size, num_prefix_tokens=0)
         x = self.pos_drop(x + pos_embed.reshape(1, H, W, C))
-        size = (min(self.compressed_size[0], H), min(self.compressed_size[1], W))
+        size = _compressed_grid(self.compressed_size, H, W)
         compressed = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode='bilinear', align_corners=False)
         return compressed.flatten(2).transpose(1, 2), x.reshape(B, H * W, C), (H, W)
 

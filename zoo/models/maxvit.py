@@ -25,8 +25,12 @@ Differences to timm's registration: ``features_only`` gives the four stage outpu
 from typing import Any, Dict, Optional, Set, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import RelPosBiasTf, to_2tuple
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import get_same_padding
+from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from timm.models import generate_default_cfgs, register_model
 from timm.models import maxxvit as _timm_maxxvit
 
@@ -35,6 +39,49 @@ from zoo.hub import build_model_with_cfg, unwrap_state_dict
 from zoo.layers import StagedFeaturesMixin
 
 __all__ = ['MaxViT']
+
+
+def _pad_same(x: torch.Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int],
+              dilation: Tuple[int, int] = (1, 1), value: float = 0.) -> torch.Tensor:
+    """timm's ``pad_same`` (TensorFlow 'SAME' padding) with each amount written as ``((size + stride - 1) // stride
+    - 1) * stride + extent - size``. That equals timm's ``max((ceil(size / stride) - 1) * stride + extent - size, 0)``
+    wherever the kernel's extent is at least its stride (every padded conv and pool of MaxViT), and the output size
+    becomes ``(size + stride - 1) // stride``, a form symbolic shapes simplify: timm's max and ceil nest through every
+    stride-2 layer, and under torch.export with dynamic sizes the expressions grow until the export stalls."""
+    H, W = x.shape[-2:]
+    pads = []
+    for size, k, s, d in ((H, kernel_size[0], stride[0], dilation[0]), (W, kernel_size[1], stride[1], dilation[1])):
+        extent = (k - 1) * d + 1
+        pads.append(((size + s - 1) // s - 1) * s + extent - size if extent >= s else get_same_padding(size, k, s, d))
+    pad_h, pad_w = pads
+    return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=value)
+
+
+class _Conv2dSame(Conv2dSame):
+    """timm's ``Conv2dSame`` with :func:`_pad_same` (same parameters, same outputs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+
+
+class _AvgPool2dSame(AvgPool2dSame):
+    """timm's ``AvgPool2dSame`` with :func:`_pad_same`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_same(x, self.kernel_size, self.stride)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+
+class _MaxPool2dSame(MaxPool2dSame):
+    """timm's ``MaxPool2dSame`` with :func:`_pad_same`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_same(x, self.kernel_size, self.stride, self.dilation, value=-float('inf'))
+        return F.max_pool2d(x, self.kernel_size, self.stride, (0, 0), self.dilation, self.ceil_mode)
+
+
+_SAME_PADDED = {Conv2dSame: _Conv2dSame, AvgPool2dSame: _AvgPool2dSame, MaxPool2dSame: _MaxPool2dSame}
 
 
 class PartitionAttention(_timm_maxxvit.PartitionAttentionCl):
@@ -92,6 +139,9 @@ class MaxViT(StagedFeaturesMixin, _timm_maxxvit.MaxxVit):
             # forward, so it is re-classed in place (same modules, initialization and state dict)
             if type(module) is _timm_maxxvit.PartitionAttentionCl:
                 module.__class__ = PartitionAttention
+            # likewise timm's TensorFlow 'SAME' padded convs and pools (see _pad_same)
+            if type(module) in _SAME_PADDED:
+                module.__class__ = _SAME_PADDED[type(module)]
         # the four stages are the feature levels (strides 4..32); timm also lists the stride-2 stem
         self.feature_info = [info for info in self.feature_info if info['module'].startswith('stages.')]
 

@@ -35,7 +35,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
@@ -44,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import selective_scan
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import fx_leaf, is_tracing, pad_bottom_right, pad_to_multiple, resample_pos_embed
 
 __all__ = ['PlainMamba']
 
@@ -65,7 +65,9 @@ def _build_scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tens
     by_row, by_col = rows.flatten(), cols.flatten()
     # the second and fourth scans start where the first and third end: each is the other one reversed
     orders = torch.stack([by_row, by_row.flip(0), by_col, by_col.flip(0)])
-    dr, dc = (orders // W).diff(dim=1), (orders % W).diff(dim=1)
+    row = orders // W
+    col = orders - row * W  # not `orders % W`: ONNX export takes no remainder by a symbolic width
+    dr, dc = row.diff(dim=1), col.diff(dim=1)
     moves = torch.where(dc > 0, 1, torch.where(dc < 0, 2, torch.where(dr < 0, 3, 4)))
     step_dirs = torch.cat([torch.zeros_like(orders[:, :1]), moves], dim=1)
     pos_dirs = torch.empty_like(step_dirs).scatter_(1, orders, step_dirs)
@@ -79,9 +81,11 @@ def _cached_scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Ten
         return _build_scan_tables(H, W, device)
 
 
+@fx_leaf
 def scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scan tables of an H x W map, built once per shape and device (every block and call shares them)."""
-    if torch.compiler.is_compiling():
+    """The scan tables of an H x W map, built once per shape and device (every block and call shares them); built
+    in the graph under torch.compile / torch.export (where H and W may be symbolic)."""
+    if is_tracing():
         return _build_scan_tables(H, W, device)
     return _cached_scan_tables(H, W, torch.device(device))
 
@@ -131,10 +135,7 @@ class ConvStem(nn.Module):
         for layer in itertools.chain(self.stem, self.convs):
             x = layer(x)
         s = self.proj.stride[0]
-        pad_h, pad_w = -x.shape[-2] % s, -x.shape[-1] % s
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.proj(x)
+        return self.proj(pad_bottom_right(x, pad_to_multiple(x.shape[-2], s), pad_to_multiple(x.shape[-1], s)))
 
 
 def _check_pool(global_pool: str) -> None:
@@ -200,7 +201,8 @@ class PlainMambaMixer(nn.Module):
             u[:, None], delta[:, None], -torch.exp(self.A_log.float())[None], B, C.transpose(1, 2)[:, None],
             self.D.float()[None], z=z.flatten(1, 2).transpose(1, 2), delta_bias=delta_bias, delta_softplus=True,
             orders=orders, gather_params=not self.released_quirks)              # (b, E, L): 4 scans summed, gated
-        return self.out_proj(y.transpose(1, 2)).view(b, H, W, -1)
+        y = self.out_proj(y.transpose(1, 2))
+        return y.view(b, H, W, y.shape[-1])
 
 
 class PlainMambaBlock(nn.Module):
@@ -374,10 +376,8 @@ class PlainMamba(nn.Module):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Add the position embedding to an NHWC map, resized (bicubic, as mmcls' resize_pos_embed) to its grid."""
         H, W = x.shape[1:3]
-        pos = self.pos_embed
-        if (H, W) != self.patch_grid:
-            pos = resample_abs_pos_embed(pos, (H, W), self.patch_grid, num_prefix_tokens=0, antialias=False)
-        return self.pos_drop(x + pos.view(1, H, W, -1))
+        pos = resample_pos_embed(self.pos_embed, (H, W), self.patch_grid, num_prefix_tokens=0, antialias=False)
+        return self.pos_drop(x + pos.view(1, H, W, pos.shape[-1]))
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self._pos_embed(self.patch_embed(x).permute(0, 2, 3, 1))

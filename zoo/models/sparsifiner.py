@@ -56,6 +56,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from kernels import sparse_attention
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
+from zoo.layers import fx_leaf, resample_pos_embed
 
 __all__ = ['Sparsifiner', 'SparsifinerLVViT', 'ConnectivityPredictor', 'SparsifinerAttention', 'SparsifinerBlock',
            'ConvStemPatchEmbed']
@@ -76,6 +77,24 @@ def _resample_tokens(table: torch.Tensor, old: GridSize, new: GridSize, sum_pres
     if sum_preserving:
         out = torch.cat([out[:1], out[1:] * (old[0] * old[1] / (new[0] * new[1]))])
     return out
+
+
+@fx_leaf
+def _budget(keep_rate: float, num_tokens: int) -> int:
+    return min(num_tokens, math.ceil(keep_rate * num_tokens))
+
+
+@fx_leaf
+def _grid_projections(proj_n: torch.Tensor, proj_back_n: torch.Tensor, old: GridSize,
+                      new: GridSize) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The predictor's token projections laid out for grid ``old``, resized to grid ``new`` where it differs. A
+    symbolic grid (torch.export, dynamic torch.compile) is always resized: at the same size the resize is the
+    identity, and comparing would pin the size."""
+    symbolic = any(isinstance(g, torch.SymInt) for g in new)
+    if not symbolic and tuple(new) == tuple(old):
+        return proj_n, proj_back_n
+    return (_resample_tokens(proj_n, old, new, sum_preserving=True),
+            _resample_tokens(proj_back_n, old, new, sum_preserving=False))
 
 
 class ConnectivityPredictor(nn.Module):
@@ -132,14 +151,13 @@ class ConnectivityPredictor(nn.Module):
 
     def budget(self, num_tokens: int) -> int:
         """Keys kept per patch query for a sequence of ``num_tokens`` (class token included)."""
-        return min(num_tokens, math.ceil(self.keep_rate * num_tokens))
+        return _budget(self.keep_rate, num_tokens)
 
     def projections(self, grid_size: Optional[GridSize] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``proj_n`` and ``proj_back_n`` for a token grid, resized when it differs from the stored one."""
-        if grid_size is None or tuple(grid_size) == self.grid_size:
+        if grid_size is None:
             return self.proj_n, self.proj_back_n
-        return (_resample_tokens(self.proj_n, self.grid_size, grid_size, sum_preserving=True),
-                _resample_tokens(self.proj_back_n, self.grid_size, grid_size, sum_preserving=False))
+        return _grid_projections(self.proj_n, self.proj_back_n, self.grid_size, tuple(grid_size))
 
     @torch.no_grad()
     def set_grid_size(self, grid_size: GridSize) -> None:
@@ -230,10 +248,13 @@ class SparsifinerAttention(Attention):
         N = q.shape[2]
         budget = self.mask_predictor.budget(N)
         training = self.training and torch.is_grad_enabled()
+        # FX tracing knows no sizes: a keep rate below 1 takes the sparse path (with a budget of every key it is
+        # the same function as the dense one)
+        sparse = self.mask_predictor.keep_rate < 1.0 if isinstance(q, torch.fx.Proxy) else budget < N
         approx = None
-        if budget < N or training:
+        if sparse or training:
             approx, _ = self.mask_predictor.approx_attention(q, k, grid_size)
-        if budget < N:
+        if sparse:
             out = self._sparse(q, k, v, self.mask_predictor.select(approx, budget))
         else:  # every key kept: dense attention is the same function
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
@@ -399,6 +420,15 @@ class Sparsifiner(VisionTransformer):
     def no_weight_decay(self) -> Set[str]:
         return {'pos_embed', 'cls_token'}
 
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``_pos_embed`` for this model's layout (a class token, position embeddings over it too, the patch
+        grid (B, H, W, C) of ``dynamic_img_size``), flattening the grid without a -1 (an empty batch has none to
+        infer) and with the resampling a leaf of FX tracing."""
+        B, H, W, C = x.shape
+        pos_embed = resample_pos_embed(self.pos_embed, (H, W), self.patch_embed.grid_size, num_prefix_tokens=1)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x.flatten(1, 2)], dim=1)
+        return self.pos_drop(x + pos_embed)
+
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
         x = self.patch_embed(x)  # (B, H, W, C): dynamic_img_size
         grid_size = (x.shape[1], x.shape[2])
@@ -492,7 +522,7 @@ class Sparsifiner(VisionTransformer):
         prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         if output_fmt == 'NCHW':
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.reshape(B, H, W, y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if return_prefix_tokens:
             intermediates = list(zip(intermediates, prefix))
         if intermediates_only:

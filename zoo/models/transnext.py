@@ -40,7 +40,7 @@ Resolution handling follows the authors' detection/segmentation backbone (``cpb_
 
 Relative coordinates are normalised by ``pretrain_size`` (224 for every released model, also the 384 fine-tunes).
 """
-import math
+import functools
 import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import neighborhood_attention
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
-from zoo.layers import StagedModelMixin, init_pvt_weights, rename_pvt_key
+from zoo.layers import StagedModelMixin, fx_leaf, init_pvt_weights, is_tracing, rename_pvt_key
 
 __all__ = ['TransNeXt']
 
@@ -85,18 +85,100 @@ class CpbGeometry(NamedTuple):
     out_index: Tuple[torch.Tensor, torch.Tensor]  # (H, Ph), (W, Pw): the op's extra_bias_index after expansion
 
 
-@torch.no_grad()
-def _axis(query: int, key: int, pretrain: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _axis(query: int, key: int, pretrain: int) -> Tuple[List[float], List[List[int]]]:
     """Sorted unique (query - pooled key) offsets along one axis and the (query, key) index into them.
 
     The original (``get_relative_position_cpb``) computes the offsets of every (query, key) pair of the 2-D maps
     and takes ``torch.unique`` over (dy, dx) rows; the same float operations per axis give the same values, and the
-    pairs are all combinations of the per-axis values (their product grid, in the same lexicographic order)."""
-    axis_q = torch.arange(query, dtype=torch.float32, device=device)
-    axis_k = F.adaptive_avg_pool1d(axis_q.unsqueeze(0), key).squeeze(0)
-    relative = (axis_q[:, None] - axis_k[None, :]) / (pretrain - 1) * 8
-    values, index = torch.unique(relative, return_inverse=True)
-    return values, index
+    pairs are all combinations of the per-axis values (their product grid, in the same lexicographic order).
+
+    Plain Python, so that traced graphs (torch.compile, torch.export) hold the result as constants instead of a
+    data-dependent ``torch.unique``. Exact: a pooled key (the original's adaptive average pool of 0..query-1) is the
+    mean of a run of integers, so every offset is a half-integer, held exactly here and in float32; the one rounding
+    step (the division by ``pretrain - 1``) gives the same float32 in double precision rounded to float32 as in
+    float32 arithmetic (double rounding is innocuous for a division from 53 to 24 bits)."""
+    # twice the pooled keys: adaptive pooling's bins [floor(i * Q / K), ceil((i + 1) * Q / K)) average to
+    # (start + end - 1) / 2
+    twice_keys = [(i * query) // key + -(-(i + 1) * query // key) - 1 for i in range(key)]
+    twice = [[2 * q - c for c in twice_keys] for q in range(query)]  # twice the offsets, exact integers
+    unique = sorted({t for row in twice for t in row})
+    position = {t: i for i, t in enumerate(unique)}
+    values = [t / 2 / (pretrain - 1) * 8 for t in unique]
+    return values, [[position[t] for t in row] for row in twice]
+
+
+class _GeometryCfg(NamedTuple):
+    """A stage's resolution handling; with the map size and device, the key of its cached :class:`CpbGeometry`."""
+    sr_ratio: int
+    fixed_pool_size: Optional[int]
+    cpb_mode: str
+    trained_size: Tuple[int, int]
+    pretrain_size: Tuple[int, int]
+
+
+def _pool_size(cfg: _GeometryCfg, height: int, width: int) -> Tuple[int, int]:
+    if cfg.sr_ratio == 1:
+        return height, width
+    if cfg.fixed_pool_size is not None:
+        return cfg.fixed_pool_size, cfg.fixed_pool_size
+    pool = (height // cfg.sr_ratio, width // cfg.sr_ratio)
+
+    def message() -> str:
+        return (f'a {height}x{width} map pools to {pool} with sr_ratio {cfg.sr_ratio}: TransNeXt needs every '
+                f'aggregated-attention map to be at least {cfg.sr_ratio} on each side (an input of at least '
+                f'{4 * cfg.sr_ratio - 3} pixels for the first stage)')
+
+    if is_tracing():  # a runtime check of the traced graph, not a guard that would pin dynamic sizes
+        torch._check(pool[0] >= 1, message)
+        torch._check(pool[1] >= 1, message)
+    elif min(pool) < 1:
+        raise ValueError(message())
+    return pool
+
+
+def _build_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
+    pool = _pool_size(cfg, height, width)
+    cpu = torch.device('cpu')
+    axes = []
+    for size, p, trained, pretrain in zip((height, width), pool, cfg.trained_size, cfg.pretrain_size):
+        if cfg.cpb_mode == 'extrapolate':
+            # offsets of the actual map: a traced graph holds them for its (specialised) size
+            values, index = _axis(int(size), int(p), pretrain)
+            resize = None
+        else:
+            trained_pool = trained if cfg.sr_ratio == 1 else (cfg.fixed_pool_size or trained // cfg.sr_ratio)
+            values, index = _axis(trained, trained_pool, pretrain)
+            # a symbolic size (torch.export, dynamic torch.compile) is always resized: at the trained size the resize
+            # is the identity, and comparing would pin the size
+            symbolic = isinstance(size, torch.SymInt) or isinstance(p, torch.SymInt)
+            resize = None if not symbolic and (trained, trained_pool) == (size, p) else (size, p)
+        axes.append(_Axis(torch.tensor(values, dtype=torch.float32, device=cpu),
+                          torch.tensor(index, dtype=torch.int64, device=cpu), resize))
+    ah, aw = axes
+    # on the CPU as the original, then moved
+    coords = _log_spaced(torch.stack(torch.meshgrid(ah.values, aw.values, indexing='ij'), dim=-1)).to(device)
+    out_index = tuple(
+        a.index.to(device) if a.resize is None else torch.arange(size * p, device=device).view(size, p)
+        for a, size, p in zip(axes, (height, width), pool))
+    axes = [_Axis(a.values.to(device), a.index.to(device), a.resize) for a in axes]
+    return CpbGeometry(pool, coords, *axes, out_index)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
+    # ordinary tensors even when first asked for inside inference_mode (autograd may save them later)
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_geometry(cfg, height, width, device)
+
+
+@fx_leaf
+def _stage_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
+    """Pooled size and CPB coordinates/indices of a stage for a height x width map: cached per configuration, size
+    and device in eager mode, computed in the graph (from constants) under torch.compile / torch.export."""
+    if is_tracing():
+        with torch.no_grad():
+            return _build_geometry(cfg, height, width, device)
+    return _cached_geometry(cfg, height, width, torch.device(device))
 
 
 def _linear_resize_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
@@ -146,34 +228,41 @@ class _CpbMixin:
 
     def _init_cpb(self, num_heads: int, dd: Dict):
         self.cpb_fc1 = nn.Linear(2, _CPB_HIDDEN, bias=True, **dd)
-        self.cpb_act = nn.ReLU(inplace=True)
         self.cpb_fc2 = nn.Linear(_CPB_HIDDEN, num_heads, bias=True, **dd)
-
-    def _cpb_mlp(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.cpb_fc2(self.cpb_act(self.cpb_fc1(coords)))
 
     def cpb_table(self, geo: CpbGeometry, dtype: torch.dtype) -> torch.Tensor:
         """(heads, Th', Tw') bias table for ``geo.out_index``: the MLP on the unique offsets, resized per axis where
         the map differs from the trained grid (interpolate mode)."""
-        coords = geo.coords.to(self.cpb_fc1.weight.dtype)
-        th, tw = coords.shape[:2]
-        rows_per_chunk = max(1, _CPB_CHUNK_ELEMENTS // (tw * _CPB_HIDDEN))
-        if torch.is_grad_enabled() or th <= rows_per_chunk:
-            table = self._cpb_mlp(coords)
-        else:  # inference: bound the (Th, Tw, 512) hidden activations
-            table = torch.cat([self._cpb_mlp(c) for c in coords.split(rows_per_chunk)])
-        table = table.permute(2, 0, 1).to(dtype)  # (heads, Th, Tw)
-        heads = table.shape[0]
-        ah, aw = geo.axis_h, geo.axis_w
-        if ah.resize is not None:
-            # gather the trained (query, key) grid along h, resize it bilinearly as the original's F.interpolate
-            t = table[:, ah.index.reshape(-1)].view(heads, *ah.index.shape, table.shape[-1]).permute(0, 3, 1, 2)
-            t = _resize_bilinear(t, ah.resize)
-            table = t.permute(0, 2, 3, 1).reshape(heads, ah.resize[0] * ah.resize[1], table.shape[-1])
-        if aw.resize is not None:
-            t = table[:, :, aw.index.reshape(-1)].view(heads, table.shape[1], *aw.index.shape)
-            table = _resize_bilinear(t, aw.resize).view(heads, table.shape[1], -1)
-        return table
+        return _cpb_table(geo, self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight, self.cpb_fc2.bias, dtype)
+
+
+@fx_leaf
+def _cpb_table(geo: CpbGeometry, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+               fc2_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The CPB MLP (``cpb_fc1`` -> ReLU -> ``cpb_fc2``) on ``geo.coords``, as a (heads, Th', Tw') table (see
+    ``_CpbMixin.cpb_table``)."""
+    def mlp(c: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.relu(F.linear(c, fc1_weight, fc1_bias), inplace=True), fc2_weight, fc2_bias)
+
+    coords = geo.coords.to(fc1_weight.dtype)
+    th, tw = coords.shape[:2]
+    rows_per_chunk = max(1, _CPB_CHUNK_ELEMENTS // (tw * _CPB_HIDDEN))
+    if torch.is_grad_enabled() or th <= rows_per_chunk:
+        table = mlp(coords)
+    else:  # inference: bound the (Th, Tw, 512) hidden activations
+        table = torch.cat([mlp(c) for c in coords.split(rows_per_chunk)])
+    table = table.permute(2, 0, 1).to(dtype)  # (heads, Th, Tw)
+    heads = table.shape[0]
+    ah, aw = geo.axis_h, geo.axis_w
+    if ah.resize is not None:
+        # gather the trained (query, key) grid along h, resize it bilinearly as the original's F.interpolate
+        t = table[:, ah.index.reshape(-1)].view(heads, *ah.index.shape, table.shape[-1]).permute(0, 3, 1, 2)
+        t = _resize_bilinear(t, ah.resize)
+        table = t.permute(0, 2, 3, 1).reshape(heads, ah.resize[0] * ah.resize[1], table.shape[-1])
+    if aw.resize is not None:
+        t = table[:, :, aw.index.reshape(-1)].view(heads, table.shape[1], *aw.index.shape)
+        table = _resize_bilinear(t, aw.resize).view(heads, table.shape[1], -1)
+    return table
 
 
 class AggregatedAttention(_CpbMixin, nn.Module):
@@ -214,21 +303,24 @@ class AggregatedAttention(_CpbMixin, nn.Module):
     def forward(self, x: torch.Tensor, geo: CpbGeometry) -> torch.Tensor:
         B, H, W, C = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        q = F.normalize(self.q(x).view(B, H, W, heads, head_dim), dim=-1).permute(0, 3, 1, 2, 4)
         k, v = self.kv(x).view(B, H, W, 2, heads, head_dim).permute(3, 0, 4, 1, 2, 5)
-        k = F.normalize(k, dim=-1)
+        # the op takes one dtype: the projections' (under autocast the parameters and normalised vectors are float32)
+        dtype = v.dtype
+        q = F.normalize(self.q(x).view(B, H, W, heads, head_dim), dim=-1).permute(0, 3, 1, 2, 4).to(dtype)
+        k = F.normalize(k, dim=-1).to(dtype)
 
         # pooled keys and values: 1x1 conv, GELU, adaptive average pool, LayerNorm, the same kv projection
         pooled = F.adaptive_avg_pool2d(self.act(self.sr(x.permute(0, 3, 1, 2))), geo.pool_size)
         pooled = self.norm(pooled.flatten(2).transpose(1, 2))
-        k_pool, v_pool = self.kv(pooled).view(B, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        k_pool, v_pool = self.kv(pooled).view(B, pooled.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4)
 
         x = neighborhood_attention(
-            q, k, v, self.window_size, rel_pos_bias=self.relative_pos_bias_local,
-            extra_k=F.normalize(k_pool, dim=-1), extra_v=v_pool,
-            extra_bias_table=self.cpb_table(geo, q.dtype), extra_bias_index=geo.out_index,
-            scale=F.softplus(self.temperature).view(heads), query_embedding=self.query_embedding,
-            length_scale=True, learnable_tokens=self.learnable_tokens, learnable_bias=self.learnable_bias)
+            q, k, v.to(dtype), self.window_size, rel_pos_bias=self.relative_pos_bias_local.to(dtype),
+            extra_k=F.normalize(k_pool, dim=-1).to(dtype), extra_v=v_pool.to(dtype),
+            extra_bias_table=self.cpb_table(geo, dtype), extra_bias_index=geo.out_index,
+            scale=F.softplus(self.temperature).view(heads).to(dtype), query_embedding=self.query_embedding.to(dtype),
+            length_scale=True, learnable_tokens=self.learnable_tokens.to(dtype),
+            learnable_bias=self.learnable_bias.to(dtype))
         x = x.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj_drop(self.proj(x))
 
@@ -262,13 +354,18 @@ class Attention(_CpbMixin, nn.Module):
         B, H, W, C = x.shape
         heads, head_dim = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, H, W, 3, heads, head_dim).permute(3, 0, 4, 1, 2, 5)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        dtype = v.dtype  # the op takes one dtype (see AggregatedAttention)
+        q, k = F.normalize(q, dim=-1).to(dtype), F.normalize(k, dim=-1).to(dtype)
         excluded = q.new_full((heads, 1), _EXCLUDED)
+        # log(H * W) as a tensor (a traced graph computes it for its size), rounded once from float64 to the
+        # temperature's dtype as the Python float it replaces
+        log_n = torch.log(torch.full((), H * W, dtype=torch.float64, device=x.device)).to(self.temperature.dtype)
         x = neighborhood_attention(
             q, k, v, 1, rel_pos_bias=excluded,
             extra_k=k.reshape(B, heads, H * W, head_dim), extra_v=v.reshape(B, heads, H * W, head_dim),
-            extra_bias_table=self.cpb_table(geo, q.dtype), extra_bias_index=geo.out_index,
-            scale=F.softplus(self.temperature).view(heads) * math.log(H * W), query_embedding=self.query_embedding)
+            extra_bias_table=self.cpb_table(geo, dtype), extra_bias_index=geo.out_index,
+            scale=(F.softplus(self.temperature).view(heads) * log_n).to(dtype),
+            query_embedding=self.query_embedding.to(dtype))
         x = x.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj_drop(self.proj(x))
 
@@ -330,55 +427,17 @@ class TransNeXtStage(nn.Module):
                            **dd)
             for i in range(depth)])
         self.norm = nn.LayerNorm(out_chs, eps=norm_eps, **dd)
-        self._geometry_cache: Dict[Tuple[int, int, str], CpbGeometry] = {}
+
+    @property
+    def _geometry_cfg(self) -> _GeometryCfg:
+        return _GeometryCfg(self.sr_ratio, self.fixed_pool_size, self.cpb_mode, self.trained_size, self.pretrain_size)
 
     def pool_size(self, height: int, width: int) -> Tuple[int, int]:
-        if self.sr_ratio == 1:
-            return height, width
-        if self.fixed_pool_size is not None:
-            return self.fixed_pool_size, self.fixed_pool_size
-        pool = (height // self.sr_ratio, width // self.sr_ratio)
-        if min(pool) < 1:
-            raise ValueError(f'a {height}x{width} map pools to {pool} with sr_ratio {self.sr_ratio}: TransNeXt needs '
-                             f'every aggregated-attention map to be at least {self.sr_ratio} on each side (an input '
-                             f'of at least {4 * self.sr_ratio - 3} pixels for the first stage)')
-        return pool
+        return _pool_size(self._geometry_cfg, height, width)
 
-    @torch.no_grad()
     def geometry(self, height: int, width: int, device: torch.device) -> CpbGeometry:
         """Pooled size and CPB coordinates/indices for a height x width map (cached per size and device)."""
-        key = (height, width, str(device))
-        geo = self._geometry_cache.get(key)
-        if geo is None:
-            # built on the CPU (torch.unique has no meta kernel and syncs a GPU), then moved
-            geo = self._geometry(height, width)
-            geo = CpbGeometry(
-                geo.pool_size, geo.coords.to(device),
-                *[_Axis(a.values.to(device), a.index.to(device), a.resize) for a in (geo.axis_h, geo.axis_w)],
-                tuple(i.to(device) for i in geo.out_index))
-            if len(self._geometry_cache) >= 16:
-                self._geometry_cache.pop(next(iter(self._geometry_cache)))
-            self._geometry_cache[key] = geo
-        return geo
-
-    def _geometry(self, height: int, width: int) -> CpbGeometry:
-        device = torch.device('cpu')
-        pool = self.pool_size(height, width)
-        axes = []
-        for size, p, trained, pretrain in zip((height, width), pool, self.trained_size, self.pretrain_size):
-            if self.cpb_mode == 'extrapolate':
-                values, index = _axis(size, p, pretrain, device)
-                axes.append(_Axis(values, index, None))
-                continue
-            trained_pool = trained if self.sr_ratio == 1 else (self.fixed_pool_size or trained // self.sr_ratio)
-            values, index = _axis(trained, trained_pool, pretrain, device)
-            axes.append(_Axis(values, index, None if (trained, trained_pool) == (size, p) else (size, p)))
-        ah, aw = axes
-        coords = _log_spaced(torch.stack(torch.meshgrid(ah.values, aw.values, indexing='ij'), dim=-1))
-        out_index = tuple(
-            a.index if a.resize is None else torch.arange(size * p, device=device).view(size, p)
-            for a, size, p in zip(axes, (height, width), pool))
-        return CpbGeometry(pool, coords, ah, aw, out_index)
+        return _stage_geometry(self._geometry_cfg, height, width, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x) if isinstance(self.downsample, OverlapPatchEmbed) else x.permute(0, 2, 3, 1)

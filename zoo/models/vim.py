@@ -46,6 +46,7 @@ from timm.models._features import feature_take_indices
 
 from kernels import selective_scan
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
+from zoo.layers import fx_leaf, is_tracing, pad_bottom_right, resample_pos_embed
 
 __all__ = ['Vim']
 
@@ -80,7 +81,7 @@ class VimPatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, device=device, dtype=dtype)
 
     def _padded(self, size: Tuple[int, int]) -> Tuple[int, int]:
-        return tuple(p + math.ceil(max(s - p, 0) / st) * st for s, p, st in zip(size, self.patch_size, self.stride))
+        return tuple(_tiled_size(s, p, st) for s, p, st in zip(size, self.patch_size, self.stride))
 
     def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
         """The token grid (rows, columns) of an image of ``img_size`` (after the padding)."""
@@ -88,21 +89,44 @@ class VimPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, embed_dim, rows, columns)."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f'expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}')
-        H, W = x.shape[-2:]
-        pad_h, pad_w = (t - s for t, s in zip(self._padded((H, W)), (H, W)))
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.proj(x)
+        return self.proj(_pad_to_tiling(x, self.in_chans, self.patch_size, self.stride))
+
+
+def _tiled_size(size: int, patch: int, stride: int) -> int:
+    """The smallest size >= ``size`` that the kernel tiles exactly (the ceiling division written as a floor division
+    of a non-negative number, which symbolic shapes and ONNX export take as it is)."""
+    return patch + (size - patch + stride - 1) // stride * stride if size >= patch else patch
+
+
+@fx_leaf
+def _pad_to_tiling(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int],
+                   stride: Tuple[int, int]) -> torch.Tensor:
+    """Check the images and zero-pad them at the bottom and right to the next size the patch kernel tiles exactly."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'expected images (B, {in_chans}, H, W), got shape {tuple(x.shape)}')
+    H, W = x.shape[-2:]
+    pad_h, pad_w = _tiled_size(H, patch_size[0], stride[0]) - H, _tiled_size(W, patch_size[1], stride[1]) - W
+    return pad_bottom_right(x, pad_h, pad_w)
+
+
+def _build_orders(length: int, device: torch.device) -> torch.Tensor:
+    forward = torch.arange(length, device=device)
+    return torch.stack((forward, forward.flip(0)))
 
 
 @functools.lru_cache(maxsize=64)
-def _bidirectional_orders(length: int, device: torch.device) -> torch.Tensor:
-    """(2, L): the token order and its reverse; cached, so the op checks each table once."""
+def _cached_orders(length: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):  # a normal tensor even when first built under inference mode
-        forward = torch.arange(length, device=device)
-        return torch.stack((forward, forward.flip(0)))
+        return _build_orders(length, device)
+
+
+@fx_leaf
+def _bidirectional_orders(length: int, device: torch.device) -> torch.Tensor:
+    """(2, L): the token order and its reverse; cached (so the op checks each table once), built in the graph under
+    torch.compile / torch.export (where the length may be symbolic)."""
+    if is_tracing():
+        return _build_orders(length, device)
+    return _cached_orders(length, torch.device(device))
 
 
 class BiMambaMixer(nn.Module):
@@ -197,7 +221,9 @@ class BiMambaMixer(nn.Module):
         w_x, w_z = self.in_proj.weight.chunk(2)
         b_x, b_z = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
         hx = F.linear(x, w_x, b_x).transpose(1, 2)  # (B, d_inner, L), a view
-        n = max(1, min(d, math.ceil(L * d / self.chunk_elements)))
+        # one slice under FX tracing and torch.export (a slice count would pin the traced length)
+        single = isinstance(x, torch.fx.Proxy) or torch.compiler.is_exporting()
+        n = 1 if single else max(1, min(d, math.ceil(L * d / self.chunk_elements)))
         slices = [slice(d * i // n, d * (i + 1) // n) for i in range(n)]
 
         w_xp = torch.stack((self.x_proj.weight, self.x_proj_b.weight))  # (2, R, d_inner)
@@ -393,9 +419,7 @@ class Vim(nn.Module):
         mid = self.patch_embed.num_patches // 2
         pos = self.pos_embed
         patches = torch.cat((pos[:, :mid], pos[:, mid + 1:]), dim=1)
-        if tuple(grid) != tuple(self.patch_embed.grid_size):
-            patches = resample_abs_pos_embed(
-                patches, new_size=list(grid), old_size=list(self.patch_embed.grid_size), num_prefix_tokens=0)
+        patches = resample_pos_embed(patches, grid, self.patch_embed.grid_size, num_prefix_tokens=0)
         return patches, pos[:, mid:mid + 1]
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -480,7 +504,7 @@ class Vim(nn.Module):
                 feat = self._final_norm(hidden, residual) if norm else hidden
                 patches = torch.cat((feat[:, :mid], feat[:, mid + 1:]), dim=1)
                 if output_fmt == 'NCHW':
-                    patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
+                    patches = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)
                 intermediates.append((patches, feat[:, mid]) if return_prefix_tokens else patches)
         if intermediates_only:
             return intermediates
