@@ -86,6 +86,21 @@ def _no_autocast(tensors: Sequence[Any]) -> contextlib.ExitStack:
     return stack
 
 
+# the keys an ordinary call excludes (autocast off unless a torch.autocast block turns it on)
+_BASE_EXCLUDE = torch._C._dispatch_tls_local_exclude_set()
+
+
+def _outside_dispatch_handlers() -> contextlib.AbstractContextManager:
+    """The dispatcher state of an ordinary call, while a backward runs. A TorchDispatchMode (FlopCounterMode, as
+    ``tools/benchmark.py --mode train`` counts a training step's FLOPs) runs the operators it intercepts with every
+    key below Python excluded, autograd and functorch's included, so the backends' backwards that differentiate a
+    forward with ``torch.func.vjp`` could not run there ("Cannot access storage of TensorWrapper")."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    if not exclude.has(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode):
+        return contextlib.nullcontext()
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), _BASE_EXCLUDE)
+
+
 def _find_proxy(value: Any) -> Optional[torch.fx.Proxy]:
     if isinstance(value, torch.fx.Proxy):
         return value
@@ -313,7 +328,7 @@ class Operator:
         name, backend = self.backend(kwargs)
         kwargs.pop('backend')
         outputs = self._backend_outputs(name, kwargs, outputs)
-        with FlopCounterMode(display=False) as counter:
+        with _outside_dispatch_handlers(), FlopCounterMode(display=False) as counter:
             backend.backward(list(grads), outputs, dict(zip(self.differentiable, needs)), **kwargs)
         return counter.get_total_flops()
 
@@ -348,7 +363,7 @@ class Operator:
         name, backend = self.backend(kwargs)
         kwargs.pop('backend')
         backend_outputs = self._backend_outputs(name, kwargs, outputs)
-        with _no_autocast([*grads, *inputs, *outputs]):
+        with _outside_dispatch_handlers(), _no_autocast([*grads, *inputs, *outputs]):
             result = backend.backward(list(grads), backend_outputs, dict(zip(self.differentiable, needs)), **kwargs)
         device = outputs[0].device
         result = [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)

@@ -20,6 +20,13 @@ def test_every_family_has_facts_and_a_card():
 
 
 @pytest.mark.parametrize('facts', FACTS, ids=lambda p: p.stem)
+def test_card_links_its_speed_and_memory_plot(facts):
+    """make bench-plots draws every family; the card shows its plot (and the README the overview)."""
+    assert (CARDS / 'bench' / f'{facts.stem}.png').exists(), 'run make bench-plots (an idle machine)'
+    assert f'](bench/{facts.stem}.png)' in (CARDS / f'{facts.stem}.md').read_text()
+
+
+@pytest.mark.parametrize('facts', FACTS, ids=lambda p: p.stem)
 def test_card_is_up_to_date(facts):
     card = CARDS / f'{facts.stem}.md'
     assert card.read_text() == render_card(facts.stem, load_facts(facts)), \

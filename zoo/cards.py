@@ -120,6 +120,25 @@ def _downstream_section(facts: Dict[str, Any]) -> List[str]:
     return lines + ['']
 
 
+# `make bench-plots` writes <family>.png here (in a source checkout; an installed package renders no plot section)
+_BENCH = Path(__file__).resolve().parents[1] / 'model_cards' / 'bench'
+
+
+def _bench_section(family: str) -> List[str]:
+    if not (_BENCH / f'{family}.png').exists():
+        return []
+    return [
+        '## Speed and memory',
+        '',
+        'Throughput and peak memory on the CPU against input resolution, beside the anchors named in the plot '
+        '(`make bench-plots`; the plot states the machine, threads and date; every number in '
+        '[bench/results.csv](bench/results.csv)):',
+        '',
+        f'![{family}: throughput and peak memory against resolution](bench/{family}.png)',
+        '',
+    ]
+
+
 def render_card(family: str, facts: Dict[str, Any]) -> str:
     paper, code = facts['paper'], facts['code']
     models = family_models(family)
@@ -156,6 +175,7 @@ def render_card(family: str, facts: Dict[str, Any]) -> str:
         *_weights_table(family),
         '',
         *_downstream_section(facts),
+        *_bench_section(family),
         '## Notes',
         '',
         *[f"- {' '.join(note.split())}" for note in facts['notes']],

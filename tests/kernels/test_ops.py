@@ -379,6 +379,20 @@ def test_opcheck_triton(op):
     torch.library.opcheck(OPERATORS[op].forward_op, args)
 
 
+@pytest.mark.parametrize('backend', ['reference', 'cpu'])
+@pytest.mark.parametrize('op', [op for op in CASES if op != 'region_topk'])  # region_topk gives indices
+def test_flop_counter_around_a_training_step(op, backend):
+    """FlopCounterMode around forward and backward on real tensors (tools/benchmark.py --mode train counts GFLOPs
+    this way): every backward runs under the mode. Before, the scan's cpu backward failed there for scans with
+    their own u and D (Vim): the einsum inside its torch.func.vjp could not read a functorch wrapper's storage."""
+    from torch.utils.flop_counter import FlopCounterMode
+    case = CASES[op]
+    inputs = {k: t.requires_grad_() for k, t in _inputs(case).items()}
+    with use_backend(backend), FlopCounterMode(display=False):
+        case.call(**inputs).sum().backward()
+    assert all(t.grad is not None for t in inputs.values())
+
+
 @pytest.mark.parametrize('op', [op for op in CASES if op != 'selective_scan'])  # the scan has no products
 def test_flop_counter_counts_the_products_on_meta_tensors(op):
     """FlopCounterMode sees the products the backend runs (model cards count MACs this way, on meta tensors)."""
