@@ -5,6 +5,7 @@ on ``torch.fx`` Proxies, and under torch.export a branch on a dynamic size becom
 keep such code in small functions marked :func:`fx_leaf` (one node of an FX graph, called with real tensors when the
 graph runs) and make it branch-free where torch.compile / torch.export trace it (:func:`pad_bottom_right`).
 """
+import functools
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
@@ -13,7 +14,7 @@ from timm.layers import register_notrace_function, resample_abs_pos_embed
 
 from kernels.library import fx_leaf as _kernel_fx_leaf
 
-__all__ = ['fx_leaf', 'is_tracing', 'pad_bottom_right', 'pad_to_multiple', 'resample_pos_embed']
+__all__ = ['fx_leaf', 'graph_constant', 'is_tracing', 'pad_bottom_right', 'pad_to_multiple', 'resample_pos_embed']
 
 _F = TypeVar('_F', bound=Callable[..., Any])
 
@@ -24,6 +25,27 @@ def fx_leaf(fn: _F) -> _F:
     also registered with timm's ``register_notrace_function`` for timm's own tracing tools. torch.compile and
     torch.export trace through it as through any function."""
     return register_notrace_function(_kernel_fx_leaf(fn))
+
+
+def graph_constant(maxsize: int) -> Callable[[_F], _F]:
+    """For a function that builds constant tensors (index tables, geometry) from sizes and, last, a device: in eager
+    mode its results are cached per arguments and built as ordinary tensors (no autograd history, also when first
+    asked for inside inference_mode: autograd may save them later); under torch.compile / torch.export, where the
+    sizes may be symbolic, built in the graph at every call; one node of an FX graph."""
+    def decorate(build: _F) -> _F:
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(*args):
+            with torch.inference_mode(False), torch.no_grad():
+                return build(*args)
+
+        @functools.wraps(build)
+        def get(*args):
+            if is_tracing():
+                with torch.no_grad():
+                    return build(*args)
+            return cached(*args[:-1], torch.device(args[-1]))
+        return fx_leaf(get)
+    return decorate
 
 
 def is_tracing() -> bool:

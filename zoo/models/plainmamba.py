@@ -27,7 +27,6 @@ With ``released_quirks=False`` the model computes what the paper describes: delt
 each scan visits (``gather_params=True``), B there gets the offset of the direction that scan arrives from, and the
 dt_proj bias is applied once. The released weights do not fit that math; it is for training from scratch.
 """
-import functools
 import itertools
 import math
 import re
@@ -43,19 +42,21 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import selective_scan
 from zoo.hub import build_model_with_cfg, unwrap_state_dict
-from zoo.layers import fx_leaf, is_tracing, pad_bottom_right, pad_to_multiple, resample_pos_embed
+from zoo.layers import graph_constant, pad_bottom_right, pad_to_multiple, resample_pos_embed
 
 __all__ = ['PlainMamba']
 
 NUM_DIRECTIONS = 5  # the B offsets: start, right, left, up, down
 
 
-def _build_scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@graph_constant(maxsize=32)
+def scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PlainMamba's four continuous zig-zag scans over an H x W map (as its ``get_permute_order``).
 
     Returns three (4, H*W) int64 tables: ``orders[k, t]``, the raster position scan k visits at step t;
     ``step_dirs[k, t]``, the direction scan k arrives from at step t (0 start, 1 right, 2 left, 3 up, 4 down);
-    ``pos_dirs[k, p]``, the same direction stored at the position p visited.
+    ``pos_dirs[k, p]``, the same direction stored at the position p visited. Built once per shape and device (every
+    block and call shares them), in the graph under torch.compile / torch.export.
     """
     grid = torch.arange(H * W, device=device).view(H, W)
     rows = grid.clone()
@@ -72,22 +73,6 @@ def _build_scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tens
     step_dirs = torch.cat([torch.zeros_like(orders[:, :1]), moves], dim=1)
     pos_dirs = torch.empty_like(step_dirs).scatter_(1, orders, step_dirs)
     return orders, step_dirs, pos_dirs
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # ordinary tensors even when first asked for inside inference_mode (autograd may save them later)
-    with torch.inference_mode(False), torch.no_grad():
-        return _build_scan_tables(H, W, device)
-
-
-@fx_leaf
-def scan_tables(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scan tables of an H x W map, built once per shape and device (every block and call shares them); built
-    in the graph under torch.compile / torch.export (where H and W may be symbolic)."""
-    if is_tracing():
-        return _build_scan_tables(H, W, device)
-    return _cached_scan_tables(H, W, torch.device(device))
 
 
 class ConvStem(nn.Module):

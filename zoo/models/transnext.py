@@ -40,7 +40,6 @@ Resolution handling follows the authors' detection/segmentation backbone (``cpb_
 
 Relative coordinates are normalised by ``pretrain_size`` (224 for every released model, also the 384 fine-tunes).
 """
-import functools
 import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -55,7 +54,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import neighborhood_attention
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
-from zoo.layers import StagedModelMixin, fx_leaf, init_pvt_weights, is_tracing, rename_pvt_key
+from zoo.layers import StagedModelMixin, fx_leaf, graph_constant, init_pvt_weights, is_tracing, rename_pvt_key
 
 __all__ = ['TransNeXt']
 
@@ -136,7 +135,10 @@ def _pool_size(cfg: _GeometryCfg, height: int, width: int) -> Tuple[int, int]:
     return pool
 
 
-def _build_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
+@graph_constant(maxsize=64)
+def _stage_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
+    """Pooled size and CPB coordinates/indices of a stage for a height x width map: cached per configuration, size
+    and device in eager mode, computed in the graph (from constants) under torch.compile / torch.export."""
     pool = _pool_size(cfg, height, width)
     cpu = torch.device('cpu')
     axes = []
@@ -162,23 +164,6 @@ def _build_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.de
         for a, size, p in zip(axes, (height, width), pool))
     axes = [_Axis(a.values.to(device), a.index.to(device), a.resize) for a in axes]
     return CpbGeometry(pool, coords, *axes, out_index)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
-    # ordinary tensors even when first asked for inside inference_mode (autograd may save them later)
-    with torch.inference_mode(False), torch.no_grad():
-        return _build_geometry(cfg, height, width, device)
-
-
-@fx_leaf
-def _stage_geometry(cfg: _GeometryCfg, height: int, width: int, device: torch.device) -> CpbGeometry:
-    """Pooled size and CPB coordinates/indices of a stage for a height x width map: cached per configuration, size
-    and device in eager mode, computed in the graph (from constants) under torch.compile / torch.export."""
-    if is_tracing():
-        with torch.no_grad():
-            return _build_geometry(cfg, height, width, device)
-    return _cached_geometry(cfg, height, width, torch.device(device))
 
 
 def _linear_resize_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,6 @@ Any input size: the image is zero-padded at the bottom and right to the next siz
 (a multiple of 16 for stride 16), and the patch part of the position embedding is resampled (bicubic, timm's
 ``resample_abs_pos_embed``) to the new grid; the class token keeps its own position.
 """
-import functools
 import math
 from typing import Dict, List, Optional, Set, Tuple, Union
 
@@ -46,7 +45,7 @@ from timm.models._features import feature_take_indices
 
 from kernels import selective_scan
 from zoo.hub import build_model_with_cfg, register_sha256s, unwrap_state_dict
-from zoo.layers import fx_leaf, is_tracing, pad_bottom_right, resample_pos_embed
+from zoo.layers import fx_leaf, graph_constant, pad_bottom_right, resample_pos_embed
 
 __all__ = ['Vim']
 
@@ -109,24 +108,12 @@ def _pad_to_tiling(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int],
     return pad_bottom_right(x, pad_h, pad_w)
 
 
-def _build_orders(length: int, device: torch.device) -> torch.Tensor:
-    forward = torch.arange(length, device=device)
-    return torch.stack((forward, forward.flip(0)))
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_orders(length: int, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(False):  # a normal tensor even when first built under inference mode
-        return _build_orders(length, device)
-
-
-@fx_leaf
+@graph_constant(maxsize=64)
 def _bidirectional_orders(length: int, device: torch.device) -> torch.Tensor:
     """(2, L): the token order and its reverse; cached (so the op checks each table once), built in the graph under
     torch.compile / torch.export (where the length may be symbolic)."""
-    if is_tracing():
-        return _build_orders(length, device)
-    return _cached_orders(length, torch.device(device))
+    forward = torch.arange(length, device=device)
+    return torch.stack((forward, forward.flip(0)))
 
 
 class BiMambaMixer(nn.Module):
