@@ -25,7 +25,7 @@ Environment variables read by the kernels (all of them; the README's kernels sec
   ``CXX``                         the C++ compiler for that code (default ``g++``).
   ``ZOO_SELECTIVE_SCAN_NATIVE``   ``0`` turns the selective scan's native CPU loop off (its cpu backend then runs a
                                   chunked PyTorch scan); default ``1``.
-  ``ZOO_SELECTIVE_SCAN_THREADS``  threads of that loop (``0``: ``torch.get_num_threads()``); default ``1``.
+  ``ZOO_SELECTIVE_SCAN_THREADS``  threads of that loop; default (or ``0``) ``torch.get_num_threads()``.
 """
 import contextlib
 import contextvars

@@ -22,7 +22,8 @@ function (the reference backends: gradients by recomputation with torch.func.vjp
 
 ONNX: each op registers a decomposition into standard PyTorch ops (its reference math, or a chunked form of it)
 in ``torch._decomp.decomposition_table``; ``torch.onnx.export(..., dynamo=True)`` applies it to ops that ONNX
-does not know, so an exported model holds plain ONNX ops. torch.compile and torch.export keep the operator.
+does not know, so an exported model holds plain ONNX ops. torch.compile and torch.export keep the operator: inductor
+runs it as a fallback kernel that the fake implementation registers (:func:`_inductor_fallback`).
 
 FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` counts an operator as the PyTorch products its backend runs
 (the operator's flop formula runs the backend's forward, or backward, under a counter of its own; on meta tensors
@@ -35,6 +36,7 @@ import contextlib
 import functools
 import importlib
 import math
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -99,6 +101,21 @@ def _outside_dispatch_handlers() -> contextlib.AbstractContextManager:
     if not exclude.has(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode):
         return contextlib.nullcontext()
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), _BASE_EXCLUDE)
+
+
+def _inductor_fallback(overload: torch._ops.OpOverload) -> None:
+    """Make inductor run ``overload`` itself (a fallback kernel, as it would implicitly), never its ONNX
+    decomposition. Inductor finds that decomposition in torch's global table and, wherever the ``CI`` environment
+    variable is set (GitHub Actions sets ``CI=true``), refuses an implicit fallback for an operator that has one
+    ("make_fallback(zoo.<op>): a decomposition exists"); an explicit fallback says it is intended, as inductor's own
+    list does for ``torchvision::roi_align``. Called by the fake implementation: inductor's AOT tracing runs that
+    after importing its lowerings and before lowering the graph; importing them here would cost seconds."""
+    lowering = sys.modules.get('torch._inductor.lowering')
+    if lowering is None or overload in lowering.lowerings:
+        return
+    tag = torch._library.utils.get_layout_constraint_tag(overload, with_default=True)
+    lowering.make_fallback(overload, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False,
+                           override_decomp=True)
 
 
 def _find_proxy(value: Any) -> Optional[torch.fx.Proxy]:
@@ -272,6 +289,8 @@ class Operator:
         return tuple(_unaliased(self._flat_stats(outputs), args))
 
     def _forward_fake(self, *args, **kwargs):
+        if self._decomposition is not None:
+            _inductor_fallback(self.forward_op._opoverload)
         kwargs = self._kwargs(args, kwargs)
         name, _ = self.backend(kwargs)
         kwargs.pop('backend')

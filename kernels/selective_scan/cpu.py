@@ -31,29 +31,33 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _native_layout(u, delta, A, B, C, orders, gather_params):
-    """What the C++ loop reads: the compute dtype, B and C with a step's n values side by side, the dims."""
-    ct = delta.dtype
+def _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias=None, delta_softplus=False):
+    """What the C++ loop reads: the compute dtype, B and C with a step's n values side by side, the dims. The loop
+    adds ``delta_bias`` to delta and applies the softplus itself where they are given (the forward)."""
+    ct = compute_dtype(u)
     b, _, d, L = u.shape
     dims = torch.tensor([b, d, L, A.shape[-1], B.shape[2], C.shape[2], orders.shape[0], u.shape[1], delta.shape[1],
-                         A.shape[0], B.shape[1], C.shape[1], int(gather_params), min(d, _GRAD_BLOCKS)],
-                        dtype=torch.int64)
-    return (u.to(ct).contiguous(), delta.contiguous(), A.to(ct).contiguous(),
+                         A.shape[0], B.shape[1], C.shape[1], int(gather_params), min(d, _GRAD_BLOCKS),
+                         0 if delta_bias is None else delta_bias.shape[0], int(delta_softplus)], dtype=torch.int64)
+    return (u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct).contiguous(),
             B.to(ct).transpose(-1, -2).contiguous(), C.to(ct).transpose(-1, -2).contiguous(),  # (b, KB, g, L, n)
             orders.to(torch.int64).contiguous(), dims)
 
 
-def _native_forward(u, delta, A, B, C, orders, gather_params):
-    """The recurrence proper: y (b, d, L) = sum over scans of <h_t, C_t>, and the last states (b, K, d, n)."""
-    uc, dc, Ac, Bt, Ct, oc, dims = _native_layout(u, delta, A, B, C, orders, gather_params)
+def _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, orders, gather_params):
+    """The recurrence proper on softplus(delta + delta_bias) (as asked): y (b, d, L) = sum over scans of
+    <h_t, C_t>, and the last states (b, K, d, n)."""
+    uc, dc, Ac, Bt, Ct, oc, dims = _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias,
+                                                  delta_softplus)
     ct = dc.dtype
+    bias = None if delta_bias is None else delta_bias.to(ct).contiguous()
     b, _, d, L = u.shape
     y = torch.zeros(b, d, L, dtype=ct)
     last = torch.empty(b, orders.shape[0], d, A.shape[-1], dtype=ct)
     lib = native.library()
     fn = lib.ss_fwd_f64 if ct == torch.float64 else lib.ss_fwd_f32
     if b:  # an empty batch: nothing to scan
-        fn(*map(_ptr, (uc, dc, Ac, Bt, Ct, oc, y, last, dims)), native.threads())
+        fn(*map(_ptr, (uc, dc, bias, Ac, Bt, Ct, oc, y, last, dims)), native.threads())
     return y, last
 
 
@@ -182,8 +186,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_
     if not (u.device.type == 'cpu' and native.available()):
         return _torch_backend.forward(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                                       delta_softplus=delta_softplus, orders=orders, gather_params=gather_params)
-    delta_p, orders_p = _prepare(u, delta, delta_bias, delta_softplus, orders)
-    y, last = _native_forward(u, delta_p, A, B, C, orders_p, gather_params)
+    orders_p = _orders(u, orders)
+    y, last = _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, orders_p, gather_params)
     out = _finish(y, u, D, z, orders_p.shape[0])
     return out, last, (y if z is not None else empty_stats(u)), empty_stats(u)
 

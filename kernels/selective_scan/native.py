@@ -37,12 +37,15 @@ _failed = False
 
 
 def threads() -> int:
-    """Threads of the native loop: $ZOO_SELECTIVE_SCAN_THREADS (0 = torch.get_num_threads()), default 1.
+    """Threads of the native loop: $ZOO_SELECTIVE_SCAN_THREADS, default (or 0) torch.get_num_threads().
 
-    One thread by default: on the shared 2-core machines this was measured on, a second thread made the loop
-    slower (the other core is rarely free), while one thread already beats the sequential scan many times over.
+    The loop runs on torch's own OpenMP team (the libgomp torch loaded), so it follows ``torch.set_num_threads``.
+    Measured on an idle 2-core machine, two threads made Vim-S 1.4x faster than one (168 vs 235 ms at 224); with
+    another process keeping both cores busy they cost 9% (963 vs 882 ms: torch's own ops slow down as much).
+    A std::thread pool of its own was tried and scaled worse: torch's idle OpenMP workers spin on the cores for a
+    while after each torch op, so the pool's threads competed with them.
     """
-    value = os.environ.get(THREADS_ENV, '1').strip()
+    value = os.environ.get(THREADS_ENV, '0').strip()
     try:
         n = int(value)
     except ValueError:
@@ -76,7 +79,7 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     p, i64p = ctypes.c_void_p, ctypes.c_void_p
     for dt in ('f32', 'f64'):
-        getattr(lib, f'ss_fwd_{dt}').argtypes = [p] * 5 + [i64p, p, p, i64p, ctypes.c_int]
+        getattr(lib, f'ss_fwd_{dt}').argtypes = [p] * 6 + [i64p, p, p, i64p, ctypes.c_int]
         getattr(lib, f'ss_bwd_{dt}').argtypes = [p] * 5 + [i64p] + [p] * 7 + [i64p, ctypes.c_int]
     return lib
 

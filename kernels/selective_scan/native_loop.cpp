@@ -1,7 +1,8 @@
 // The selective scan's native CPU loop (kernels/selective_scan/native.py compiles it with g++ at first use and
 // loads it with ctypes; no PyTorch headers). Forward: the recurrence one (batch, channel) row at a time, vectorised
-// over the state size n. Backward: per block of channels, the states of a row are recomputed into a per-thread
-// O(L * n) scratch and walked back; dB, dC go to per-block partial sums that the caller adds in a fixed order.
+// over the state size n, delta's bias and softplus applied to the row first. Backward: per block of channels, the
+// states of a row are recomputed into a per-thread O(L * n) scratch and walked back; dB, dC go to per-block partial
+// sums that the caller adds in a fixed order.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,41 @@ inline float vexp(float x) {
 }
 inline double vexp(double x) { return std::exp(x); }
 
+// log for finite positive normal floats that gcc vectorises (Cephes polynomial, ~1 ulp).
+inline float vlog(float x) {
+    int32_t ix;
+    std::memcpy(&ix, &x, sizeof(ix));
+    float e = static_cast<float>(((ix >> 23) & 0xff) - 126);  // x = m * 2^e, m in [0.5, 1)
+    ix = (ix & 0x007fffff) | 0x3f000000;
+    float m;
+    std::memcpy(&m, &ix, sizeof(m));
+    const bool low = m < 0.707106781186547524f;
+    e = low ? e - 1.0f : e;
+    m = low ? m + m - 1.0f : m - 1.0f;
+    const float z = m * m;
+    float p = 7.0376836292e-2f;
+    p = p * m - 1.1514610310e-1f;
+    p = p * m + 1.1676998740e-1f;
+    p = p * m - 1.2420140846e-1f;
+    p = p * m + 1.4249322787e-1f;
+    p = p * m - 1.6668057665e-1f;
+    p = p * m + 2.0000714765e-1f;
+    p = p * m - 2.4999993993e-1f;
+    p = p * m + 3.3333331174e-1f;
+    const float r = p * m * z - 2.12194440e-4f * e - 0.5f * z;
+    return (m + r) + 0.693359375f * e;
+}
+
+// softplus as torch computes it (beta 1, threshold 20: x itself above 20), log1p(e^x) without a libm call:
+// log1p(w) = log(1 + w) * w / ((1 + w) - 1) is exact to a few ulp (Goldberg), and w where 1 + w rounds to 1.
+inline float softplus(float x) {
+    const float w = vexp(x < 20.0f ? x : 20.0f);
+    const float v = 1.0f + w;
+    const float l = v == 1.0f ? w : vlog(v) * (w / (v - 1.0f));
+    return x > 20.0f ? x : l;
+}
+inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+
 // Per-thread scratch on its own cache lines: threads writing neighbouring heap words (false sharing) would
 // slow the per-step state updates down several-fold.
 template <typename T>
@@ -42,10 +78,10 @@ struct Scratch {
 };
 
 struct Dims {
-    int64_t b, d, L, n, gB, gC, K, Ku, Kd, KA, KB, KC, gather;
+    int64_t b, d, L, n, gB, gC, K, Ku, Kd, KA, KB, KC, gather, Kbias, softplus;
     explicit Dims(const int64_t* m)
         : b(m[0]), d(m[1]), L(m[2]), n(m[3]), gB(m[4]), gC(m[5]), K(m[6]), Ku(m[7]), Kd(m[8]), KA(m[9]),
-          KB(m[10]), KC(m[11]), gather(m[12]) {}
+          KB(m[10]), KC(m[11]), gather(m[12]), Kbias(m[14]), softplus(m[15]) {}
     // row offsets: u/delta (b, K?, d, L); A (K?, d, n); B/C (b, K?, g, L, n)
     int64_t ud(int64_t Kx, int64_t bi, int64_t k, int64_t di) const {
         return ((bi * Kx + (Kx > 1 ? k : 0)) * d + di) * L;
@@ -56,19 +92,34 @@ struct Dims {
     }
 };
 
+// One row of delta as the scan uses it: + delta_bias (Kbias rows of d, 0: none), softplus where asked.
+template <typename T>
+void prepare_delta(const T* __restrict dr, const T* __restrict bias, const Dims& m, int64_t k, int64_t di,
+                   T* __restrict out) {
+    const T shift = m.Kbias ? bias[(m.Kbias > 1 ? k : 0) * m.d + di] : T(0);
+    if (m.softplus) {
+#pragma omp simd
+        for (int64_t t = 0; t < m.L; ++t) out[t] = softplus(dr[t] + shift);
+    } else {
+#pragma omp simd
+        for (int64_t t = 0; t < m.L; ++t) out[t] = dr[t] + shift;
+    }
+}
+
 template <typename T, int NS>
-void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restrict A, const T* __restrict B,
-              const T* __restrict C, const int64_t* __restrict orders, T* __restrict y, T* __restrict last,
-              const Dims& m, int64_t r0, int64_t r1) {
+void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restrict bias, const T* __restrict A,
+              const T* __restrict B, const T* __restrict C, const int64_t* __restrict orders, T* __restrict y,
+              T* __restrict last, const Dims& m, int64_t r0, int64_t r1) {
     const int64_t n = NS ? NS : m.n;
-    Scratch<T> hs(n);
+    Scratch<T> hs(n), ds(m.L);
     T* __restrict h = hs.p;
+    T* __restrict dr = ds.p;
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / m.d, di = r % m.d;
         T* __restrict yr = y + (bi * m.d + di) * m.L;
         for (int64_t k = 0; k < m.K; ++k) {
             const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
-            const T* __restrict dr = delta + m.ud(m.Kd, bi, k, di);
+            prepare_delta(delta + m.ud(m.Kd, bi, k, di), bias, m, k, di, dr);
             const T* __restrict Ar = A + m.a(k, di);
             const T* __restrict Br = B + m.bc(m.KB, m.gB, bi, k, di);
             const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
@@ -177,15 +228,15 @@ void run_parallel(int64_t items, int nthreads, F&& body) {
 }
 
 template <typename T>
-void fwd(const T* u, const T* delta, const T* A, const T* B, const T* C, const int64_t* orders, T* y, T* last,
-         const int64_t* dims, int nthreads) {
+void fwd(const T* u, const T* delta, const T* bias, const T* A, const T* B, const T* C, const int64_t* orders, T* y,
+         T* last, const int64_t* dims, int nthreads) {
     const Dims m(dims);
     const int64_t rows = m.b * m.d, per = (rows + 63) / 64;  // 64 items of consecutive (batch, channel) rows
     if (rows == 0) return;
     run_parallel((rows + per - 1) / per, nthreads, [&](int64_t i) {
         const int64_t r0 = i * per, r1 = r0 + per < rows ? r0 + per : rows;
-        if (m.n == 16) fwd_rows<T, 16>(u, delta, A, B, C, orders, y, last, m, r0, r1);
-        else fwd_rows<T, 0>(u, delta, A, B, C, orders, y, last, m, r0, r1);
+        if (m.n == 16) fwd_rows<T, 16>(u, delta, bias, A, B, C, orders, y, last, m, r0, r1);
+        else fwd_rows<T, 0>(u, delta, bias, A, B, C, orders, y, last, m, r0, r1);
     });
 }
 
@@ -211,13 +262,14 @@ void bwd(const T* u, const T* delta, const T* A, const T* B, const T* C, const i
 }  // namespace
 
 extern "C" {
-void ss_fwd_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
-                const int64_t* orders, float* y, float* last, const int64_t* dims, int nthreads) {
-    fwd<float>(u, delta, A, B, C, orders, y, last, dims, nthreads);
+void ss_fwd_f32(const float* u, const float* delta, const float* bias, const float* A, const float* B,
+                const float* C, const int64_t* orders, float* y, float* last, const int64_t* dims, int nthreads) {
+    fwd<float>(u, delta, bias, A, B, C, orders, y, last, dims, nthreads);
 }
-void ss_fwd_f64(const double* u, const double* delta, const double* A, const double* B, const double* C,
-                const int64_t* orders, double* y, double* last, const int64_t* dims, int nthreads) {
-    fwd<double>(u, delta, A, B, C, orders, y, last, dims, nthreads);
+void ss_fwd_f64(const double* u, const double* delta, const double* bias, const double* A, const double* B,
+                const double* C, const int64_t* orders, double* y, double* last, const int64_t* dims,
+                int nthreads) {
+    fwd<double>(u, delta, bias, A, B, C, orders, y, last, dims, nthreads);
 }
 void ss_bwd_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
                 const int64_t* orders, const float* dy, const float* dlast, float* du, float* ddelta, float* dA,

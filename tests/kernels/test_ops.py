@@ -227,12 +227,16 @@ def _assert_all_close(got, want, tol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('op', list(CASES))
-def test_compile_fullgraph_matches_eager(op):
+def test_compile_fullgraph_matches_eager(op, monkeypatch):
+    # as on GitHub Actions: inductor refuses an implicit fallback for an operator with a decomposition when CI is set
+    monkeypatch.setenv('CI', 'true')
     case = CASES[op]
     inputs = _inputs(case)
     torch._dynamo.reset()
     compiled = torch.compile(case.call, fullgraph=True)
-    _assert_all_close(_loss_and_grads(compiled, inputs), _loss_and_grads(case.call, inputs), 1e-5)
+    # no graph compiled by an earlier run: a cached graph is not lowered again, and could predate today's operators
+    with torch.compiler.config.patch(force_disable_caches=True):
+        _assert_all_close(_loss_and_grads(compiled, inputs), _loss_and_grads(case.call, inputs), 1e-5)
 
 
 def _graph_targets(gm) -> set:

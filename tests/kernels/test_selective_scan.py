@@ -249,6 +249,26 @@ def test_native_float32_accuracy_at_benchmark_size():
     assert float((got.double() - want).abs().max() / want.abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_native_softplus_of_delta_is_torchs_over_the_whole_range(dtype):
+    """The native loop applies delta's bias and softplus itself (no libm log1p): one step per channel, so
+    out = softplus(delta + bias) exactly where torch's is, across the range, the threshold at 20 and the
+    underflow (within a few ulp; below exp's range both are < 1e-37)."""
+    if not native.available():
+        pytest.fail('the native CPU loop did not build here (g++ missing?)')
+    x = torch.cat([torch.linspace(-100, 100, 4001, dtype=torch.float64),
+                   torch.tensor([19.999, 20.0, 20.0001, 1e-7, -1e-7, 0.0, 16.6, -16.6, -87.5, -88.0])]).to(dtype)
+    bias = torch.linspace(-0.5, 0.5, x.numel(), dtype=dtype)
+    d = x.numel()
+    ones = torch.ones(1, 1, 1, dtype=dtype)
+    with use_backend('cpu'), torch.no_grad():
+        got = selective_scan(torch.ones(1, d, 1, dtype=dtype), (x - bias).view(1, d, 1), -torch.ones(d, 1, dtype=dtype),
+                             ones, ones, delta_bias=bias, delta_softplus=True).view(-1)
+    want = F.softplus((x - bias) + bias)
+    tol = 4 * torch.finfo(dtype).eps * want.abs() + 1e-37
+    assert ((got - want).abs() <= tol).all(), float(((got - want).abs() / want.abs().clamp_min(1e-30)).max())
+
+
 def test_native_is_deterministic_for_any_thread_count(monkeypatch):
     t = _inputs(b=2, d=40, L=50, n=16, K=2, shared=('u',), dtype=torch.float32)
     orders = torch.stack([torch.arange(50), torch.arange(50).flip(0)])
