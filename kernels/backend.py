@@ -26,6 +26,8 @@ Environment variables read by the kernels (all of them; the README's kernels sec
   ``ZOO_SELECTIVE_SCAN_NATIVE``   ``0`` turns the selective scan's native CPU loop off (its cpu backend then runs a
                                   chunked PyTorch scan); default ``1``.
   ``ZOO_SELECTIVE_SCAN_THREADS``  threads of that loop; default (or ``0``) ``torch.get_num_threads()``.
+  ``ZOO_SPARSE_ATTENTION_NATIVE`` ``0`` turns sparse_attention's native CPU forward off (its cpu backend then runs
+                                  its PyTorch routes); default ``1``.
 """
 import contextlib
 import contextvars

@@ -26,8 +26,10 @@ does not know, so an exported model holds plain ONNX ops. torch.compile and torc
 runs it as a fallback kernel that the fake implementation registers (:func:`_inductor_fallback`).
 
 FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` counts an operator as the PyTorch products its backend runs
-(the operator's flop formula runs the backend's forward, or backward, under a counter of its own; on meta tensors
-that costs nothing), so model cards and benchmarks count what they counted before the ops became operators.
+(the operator's flop formula runs the backend's forward, or backward, under a counter of its own; the cpu
+backend's forward on meta copies of the arguments, where it takes its PyTorch route: a native loop's products
+counted as that route's, at no cost), so model cards and benchmarks count what they counted before the ops
+became operators.
 
 FX: :func:`fx_leaf` makes the public function a leaf of ``torch.fx.symbolic_trace`` (one ``call_function`` node
 that calls it again when the graph runs), so argument checks never see a Proxy.
@@ -336,8 +338,10 @@ class Operator:
 
     def _forward_flops(self, *args, out_val=None, **kwargs) -> int:
         kwargs = self._kwargs(args, kwargs)
-        _, backend = self.backend(kwargs)
+        name, backend = self.backend(kwargs)
         kwargs.pop('backend')
+        if name == 'cpu':  # its PyTorch products on meta copies: what a native loop computes, at no cost
+            kwargs = {k: v.to('meta') if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         with FlopCounterMode(display=False) as counter:
             backend.forward(**kwargs)
         return counter.get_total_flops()

@@ -271,9 +271,10 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_inde
         ``j in key_index[b, h, n]``.
 
     Cost: O(B * heads * N * K * (D + Dv)) time, independent of Nk, on the triton backend and on the cpu
-    backend's gather route (K * 16 < Nk); for denser lists the cpu backend computes dense scores in query
-    chunks, O(B * heads * N * Nk * (D + Dv)) (matrix-product tiles, a softmax over the K listed keys only),
-    which on a CPU is faster than gathering key rows. Memory O(inputs) on the cpu and triton backends (the
+    backend's forward where K * 2 <= Nk (a C++ loop reading the listed keys in place; backward gathers key rows
+    while K * 16 < Nk); for denser lists the cpu backend computes dense scores in query chunks,
+    O(B * heads * N * Nk * (D + Dv)) (matrix-product tiles, a softmax over the K listed keys only), which on a
+    CPU is faster than reading key rows one by one. Memory O(inputs) on the cpu and triton backends (the
     reference gathers K copies of the listed keys and values).
     """
     checks.tensor('q', q, '(B, heads, N, D)', ndim=4)

@@ -9,6 +9,9 @@ region is one contiguous slab to gather and to accumulate into. Half-precision i
 chunk by chunk. Regions of 16+ tokens with equal q/v head widths go through PyTorch's fused CPU
 flash-attention kernels (forward and backward, with the log-sum-exp).
 
+Sparse attention's forward runs a C++ loop (``native_sparse.cpp``, :mod:`kernels.routing.native`) where the lists
+are short (``K * 2 <= Nk``): each listed key row read in place, cost O(N * K * D); its backward, and every pass
+where no compiler is found, take the PyTorch routes below, from the same log-sum-exp.
 Sparse attention whose key lists cover a large share of the keys (``K * 16 >= Nk``) takes another exact route:
 dense score tiles by matrix product, softmax over the listed entries only, probabilities scattered back into
 the tile for the product with v. Its time scales with Nk, but on a CPU a matrix-product score is cheaper than
@@ -18,8 +21,10 @@ was measured too: 2x slower than these tiles at N = 784). The triton backend alw
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..library import Backend
+from . import native
 from .reference import from_regions, padding, to_regions, valid_tokens
 
 __all__ = ['region_topk', 'topk_backend', 'routed_backend', 'sparse_backend']
@@ -32,7 +37,11 @@ _DENSE_TILE_RATIO = 16
 # routed chunks with at least this many query tokens per region and D == Dv run PyTorch's fused CPU flash
 # kernels (2-3x faster there than matrix products plus softmax); smaller regions are faster with plain bmm
 _FLASH_MIN_TOKENS = 16
-# force a sparse_attention route ('gather' or 'tile'; tests); None picks by K/Nk
+# sparse_attention's forward runs the native loop (native_sparse.cpp) when K * ratio <= Nk: it reads each listed
+# key row in place, so its cost scales with K; for denser lists the matrix-product tiles are faster (measured)
+_NATIVE_RATIO = 2
+# force a sparse_attention route ('native', 'gather' or 'tile'; tests); None picks by K/Nk. Backward never runs
+# 'native' (it takes the forward's log-sum-exp, the same on every route)
 _SPARSE_ROUTE: Optional[str] = None
 
 
@@ -359,12 +368,19 @@ def _routed_backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], nee
             for g, t in ((dq, q), (dk, k), (dv, v))]
 
 
-def _sparse_route(q: torch.Tensor, k: torch.Tensor, key_index: torch.Tensor):
-    """('gather' or 'tile', validity of the slots or None when all are valid)."""
+def _sparse_route(q: torch.Tensor, k: torch.Tensor, key_index: torch.Tensor, forward: bool = False):
+    """('native', 'gather' or 'tile', validity of the slots or None when all are valid or not needed)."""
     n_keys, n_k = key_index.shape[-1], k.shape[2]
+    shapes_only = key_index.device.type == 'meta' or isinstance(key_index, FakeTensor)
+    if forward and (_SPARSE_ROUTE == 'native' or (_SPARSE_ROUTE is None and n_keys * _NATIVE_RATIO <= n_k)):
+        if not shapes_only and q.device.type == 'cpu' and native.available():
+            return 'native', None  # reads the slots itself
+        if shapes_only:  # FLOP counting: the products the native loop computes, K keys per query
+            return 'gather', key_index >= 0
     valid = key_index >= 0
-    route = _SPARSE_ROUTE or ('gather' if n_keys * _DENSE_TILE_RATIO < n_k else 'tile')
-    if key_index.device.type == 'meta':  # shapes only (FLOP counting): the masked products, no values to read
+    route = _SPARSE_ROUTE if _SPARSE_ROUTE in ('gather', 'tile') else (
+        'gather' if n_keys * _DENSE_TILE_RATIO < n_k else 'tile')
+    if shapes_only:  # no values to read: the masked products
         return route, valid
     return route, None if bool(valid.all()) else valid
 
@@ -374,8 +390,13 @@ def _sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index
     """(out, log-sum-exp (B*heads*N,))."""
     b, h, n, d = q.shape
     n_keys, n_k = key_index.shape[-1], k.shape[2]
-    route, valid = _sparse_route(q, k, key_index)
+    route, valid = _sparse_route(q, k, key_index, forward=True)
     idx = key_index.reshape(b * h, n, n_keys)
+    if route == 'native':
+        cdt = _compute_dtype(q.dtype)
+        out, lse = native.sparse_forward(q.reshape(b * h, n, d).to(cdt), k.reshape(b * h, n_k, d).to(cdt),
+                                         v.reshape(b * h, n_k, v.shape[-1]).to(cdt), idx, float(scale))
+        return out.view(b, h, n, v.shape[-1]).to(q.dtype), lse
     if route == 'tile':
         # lists covering a large share of the keys: dense score tiles (matrix products) beat gathering rows
         out, lse = _DenseTileSparseAttention.forward(

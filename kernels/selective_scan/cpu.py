@@ -1,12 +1,13 @@
 """Fast exact selective scan for CPUs: a C++ loop compiled at first use, with a chunked PyTorch scan as fallback.
 
-Native path: ``native_loop.cpp``, built and loaded by :mod:`kernels.selective_scan.native` (cache, compiler and
-thread settings there). It runs the recurrence exactly as the reference does, in the compute dtype, one (batch,
-channel) row at a time, vectorised over the state size n (threads: ``$ZOO_SELECTIVE_SCAN_THREADS``); the
-backward recomputes the states of one (batch, channel, scan) row into a per-thread O(L * n) scratch and walks
-back through it, so nothing of size O(b * d * n * L) is ever stored. Scan orders are read through the index
-table inside the loops (no gathered copies). dB and dC go to partial sums per block of channels (16 blocks),
-added in a fixed order: results are deterministic and independent of the thread count.
+Native path: ``native_loop.cpp``, built and loaded by :mod:`kernels.selective_scan.native` (thread settings there;
+cache and compiler: :mod:`kernels.native`). It runs the recurrence exactly as the reference does, in the compute
+dtype, one (batch, channel) row at a time, vectorised over the state size n (threads:
+``$ZOO_SELECTIVE_SCAN_THREADS``), delta's bias and softplus applied in the loop; the backward recomputes the states
+of one (batch, channel, scan) row into a per-thread O(L * n) scratch and walks back through it, so nothing of size
+O(b * d * n * L) is ever stored. Scan orders are read through the index table inside the loops (no gathered
+copies). dB and dC go to partial sums per block of channels (16 blocks), added in a fixed order: results are
+deterministic and independent of the thread count.
 
 Fallback (no compiler, or ``ZOO_SELECTIVE_SCAN_NATIVE=0``): a two-pass chunked scan, chunks of T ~ sqrt(L)
 steps side by side (about 2 sqrt(L) small vectorised steps instead of L); every factor is a product of decays,
@@ -19,16 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from ..library import Recompute, empty_stats
+from ..native import pointer
 from . import native
 from .reference import compute_dtype
 
 __all__ = ['forward', 'backward', 'selective_scan_torch']
 
 _GRAD_BLOCKS = 16  # channel blocks of the backward, each with its own dB/dC partial sums
-
-
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
 
 
 def _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias=None, delta_softplus=False):
@@ -57,7 +55,7 @@ def _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, orders, gathe
     lib = native.library()
     fn = lib.ss_fwd_f64 if ct == torch.float64 else lib.ss_fwd_f32
     if b:  # an empty batch: nothing to scan
-        fn(*map(_ptr, (uc, dc, bias, Ac, Bt, Ct, oc, y, last, dims)), native.threads())
+        fn(*map(pointer, (uc, dc, bias, Ac, Bt, Ct, oc, y, last, dims)), native.threads())
     return y, last
 
 
@@ -74,7 +72,7 @@ def _native_backward(u, delta, A, B, C, orders, gather_params, dy, dlast):
     lib = native.library()
     fn = lib.ss_bwd_f64 if ct == torch.float64 else lib.ss_bwd_f32
     if uc.shape[0]:
-        fn(*map(_ptr, (uc, dc, Ac, Bt, Ct, oc, dy, dlast, du, ddelta, dA, dB, dC, dims)), native.threads())
+        fn(*map(pointer, (uc, dc, Ac, Bt, Ct, oc, dy, dlast, du, ddelta, dA, dB, dC, dims)), native.threads())
     dB = dB.sum(0).transpose(-1, -2).to(B.dtype)
     dC = dC.sum(0).transpose(-1, -2).to(C.dtype)
     return du.to(u.dtype), ddelta, dA.to(A.dtype), dB, dC

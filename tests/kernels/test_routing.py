@@ -6,6 +6,7 @@ import kernels.routing as routing
 from kernels.backend import ENV_VAR, use_backend
 from kernels.library import OPERATORS
 from kernels.routing import cpu, reference
+from kernels.routing import native as routing_native
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
@@ -377,10 +378,12 @@ SPARSE_CASES = [
     (2, 1, 9, 9, 4, 6, 1, 0.0, False),        # a single key each
     (2, 2, 10, 10, 8, 8, 5, 0.3, False),      # empty slots
     (1, 2, 12, 7, 3, 3, 9, 0.0, True),        # repeated keys, K > Nk
+    (1, 2, 11, 30, 16, 8, 19, 0.2, True),     # D a multiple of the native loop's lanes, K not
 ]
 
 
-SPARSE_ROUTES = ['gather', 'tile']
+# the forward's routes ('native': the C++ loop; its backward runs the default route)
+SPARSE_ROUTES = ['native', 'gather', 'tile']
 
 
 @pytest.mark.parametrize('route', SPARSE_ROUTES)
@@ -411,6 +414,47 @@ def test_sparse_attention_equals_dense_masked_attention(route, monkeypatch):
             got = routing.sparse_attention(q, k, v, idx)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
         assert torch.equal(got[0, 1, 3], torch.zeros(8, dtype=torch.float64))
+
+
+def test_sparse_attention_forward_runs_the_native_loop_where_lists_are_short(monkeypatch):
+    """Short lists (K * 2 <= Nk) run the C++ forward, which reads each listed key in place; longer ones the tiles."""
+    if not routing_native.available():
+        pytest.fail('the native sparse attention loop did not build here (g++ missing?)')
+    calls = []
+    real = routing_native.sparse_forward
+    monkeypatch.setattr(routing_native, 'sparse_forward', lambda *a: calls.append(a[3].shape[-1]) or real(*a))
+    q, k, v = _qkv((1, 2, 40, 32), 32, torch.float32)
+    for n_keys in (20, 21):
+        idx = _key_index(1, 2, 40, 40, n_keys, empty=0.1, repeats=True)
+        with use_backend('cpu'):
+            got = routing.sparse_attention(q, k, v, idx)
+        torch.testing.assert_close(got, reference.sparse_attention(q, k, v, idx, 32 ** -0.5), atol=2e-6, rtol=2e-5)
+    assert calls == [20]
+
+
+def test_sparse_attention_flops_on_the_native_route_are_k_keys_per_query():
+    """FlopCounterMode (tools/benchmark.py's GFLOPs) counts the native forward as the K products per query it runs
+    (the gather route's matmuls on meta copies), not as zero and not as the dense tiles."""
+    from torch.utils.flop_counter import FlopCounterMode
+    b, h, n, d, dv, n_keys = 1, 2, 40, 16, 8, 5
+    q, k, v = _qkv((b, h, n, d), dv, torch.float32)
+    idx = _key_index(b, h, n, n, n_keys)
+    with use_backend('cpu'), FlopCounterMode(display=False) as counter:
+        routing.sparse_attention(q, k, v, idx)
+    assert counter.get_total_flops() == 2 * b * h * n * n_keys * (d + dv)
+
+
+def test_sparse_attention_native_build_failure_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(routing_native.LOOP, '_lib', None)
+    monkeypatch.setattr(routing_native.LOOP, '_failed', False)
+    monkeypatch.setenv('ZOO_KERNELS_CACHE', str(tmp_path))
+    monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+    q, k, v = _qkv((1, 2, 40, 8), 8, torch.float64)
+    idx = _key_index(1, 2, 40, 40, 4)
+    with use_backend('cpu'):
+        got = routing.sparse_attention(q, k, v, idx)
+    assert 'sparse_attention: cannot build the native CPU loop' in caplog.text
+    torch.testing.assert_close(got, reference.sparse_attention(q, k, v, idx, 8 ** -0.5), atol=1e-12, rtol=1e-12)
 
 
 def test_sparse_attention_repeated_key_counts_twice():

@@ -357,8 +357,8 @@ def test_multi_order_errors():
 
 
 def test_native_build_failure_falls_back_to_the_torch_scan(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(native, '_lib', None)
-    monkeypatch.setattr(native, '_failed', False)
+    monkeypatch.setattr(native.LOOP, '_lib', None)
+    monkeypatch.setattr(native.LOOP, '_failed', False)
     monkeypatch.setenv('ZOO_KERNELS_CACHE', str(tmp_path))
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
     assert not native.available()
@@ -370,7 +370,7 @@ def test_native_build_failure_falls_back_to_the_torch_scan(monkeypatch, tmp_path
 def test_native_builds_into_the_cache(monkeypatch, tmp_path):
     if not native.available():
         pytest.fail('the native CPU loop did not build here (g++ missing?)')
-    monkeypatch.setattr(native, '_lib', None)
+    monkeypatch.setattr(native.LOOP, '_lib', None)
     monkeypatch.setenv('ZOO_KERNELS_CACHE', str(tmp_path))
     assert native.available()
     assert [p.suffix for p in tmp_path.iterdir()] == ['.so']

@@ -17,9 +17,13 @@ cached, so that no candidate's time includes building it:
 
 - :func:`sparse_cpu` / :func:`sparse_triton` / :func:`sparse_reference`: ``kernels.routing.sparse_attention``
   with a (B, heads, N, K) key index, K = ceil(keep * N);
+- :func:`sparse_cpu_keep100` / ``keep50`` / ``keep10``: the cpu backend at that keep rate whatever ``keep`` says
+  (one case measures every rate beside the dense attention);
 - :func:`sparsifiner_dense_masked`: Sparsifiner's ``Attention.forward`` (rewritten from reading
   ``src/models/sparsifiner.py``): dense scores, ``masked_fill`` of the (B, heads, N, N) 0/1 connectivity with
-  ``-inf``, softmax, ``nan_to_num``, product with v.
+  ``-inf``, softmax, ``nan_to_num``, product with v;
+- :func:`dense_sdpa`: the dense attention the sparse one replaces, as timm's DeiT runs it
+  (``F.scaled_dot_product_attention``, PyTorch's fused kernel).
 """
 import math
 from typing import Dict, Tuple
@@ -30,7 +34,8 @@ import torch.nn.functional as F
 from kernels import region_topk, routed_attention, sparse_attention, use_backend
 
 __all__ = ['biformer_cpu', 'biformer_triton', 'biformer_reference', 'biformer_legacy', 'sparse_cpu',
-           'sparse_triton', 'sparse_reference', 'sparsifiner_dense_masked']
+           'sparse_cpu_keep100', 'sparse_cpu_keep50', 'sparse_cpu_keep10', 'sparse_triton', 'sparse_reference',
+           'sparsifiner_dense_masked', 'dense_sdpa']
 
 
 def _pad(x: torch.Tensor, n_win: int) -> torch.Tensor:
@@ -111,6 +116,22 @@ def _sparse(backend: str, q, k, v, keep: float) -> torch.Tensor:
 
 def sparse_cpu(q, k, v, keep: float = 0.25) -> torch.Tensor:
     return _sparse('cpu', q, k, v, keep)
+
+
+def sparse_cpu_keep100(q, k, v, keep: float = 0.25) -> torch.Tensor:
+    return _sparse('cpu', q, k, v, 1.0)
+
+
+def sparse_cpu_keep50(q, k, v, keep: float = 0.25) -> torch.Tensor:
+    return _sparse('cpu', q, k, v, 0.5)
+
+
+def sparse_cpu_keep10(q, k, v, keep: float = 0.25) -> torch.Tensor:
+    return _sparse('cpu', q, k, v, 0.1)
+
+
+def dense_sdpa(q, k, v, keep: float = 0.25) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def sparse_triton(q, k, v, keep: float = 0.25) -> torch.Tensor:

@@ -1,0 +1,158 @@
+// sparse_attention's native CPU forward (kernels/routing/native.py builds it through kernels/native.py; no PyTorch
+// headers): one query row at a time, its listed key rows read in place (nothing gathered into memory), the scores
+// and the weighted sum of values vectorised over the head dims. Exact softmax over the listed slots: a repeated
+// key counts as often as listed, an empty slot (-1) not at all, a row without keys gives zeros and lse = -inf.
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "native_common.h"
+
+namespace {
+
+using zoo_native::run_parallel;
+using zoo_native::Scratch;
+using zoo_native::vexp;
+
+// GCC vectors of one 64-byte line (16 floats, 8 doubles; lowered to what the target has) and lane masks.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    typedef float V __attribute__((vector_size(64)));
+    typedef int32_t M __attribute__((vector_size(64)));
+    static constexpr int W = 16;
+};
+template <>
+struct Lanes<double> {
+    typedef double V __attribute__((vector_size(64)));
+    typedef int64_t M __attribute__((vector_size(64)));
+    static constexpr int W = 8;
+};
+
+// One level of a transposing sum: x and y each hold 2W/(2g) keys' partial sums in groups of 2g lanes; the result
+// holds twice as many keys in groups of g lanes, in key order.
+template <typename T, int g, std::size_t... I>
+inline typename Lanes<T>::V fold(typename Lanes<T>::V x, typename Lanes<T>::V y, std::index_sequence<I...>) {
+    typedef typename Lanes<T>::M M;
+    const M lo = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g)...};
+    const M hi = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g + g)...};
+    return __builtin_shuffle(x, y, lo) + __builtin_shuffle(x, y, hi);
+}
+
+template <typename T, int g>
+inline void fold_level(typename Lanes<T>::V* a, int count) {
+    for (int i = 0; i < count / 2; ++i)
+        a[i] = fold<T, g>(a[2 * i], a[2 * i + 1], std::make_index_sequence<Lanes<T>::W>{});
+    if constexpr (g > 1) fold_level<T, g / 2>(a, count / 2);
+}
+
+// s[j] = scale * q . k[key_j] for W keys at once (D a multiple of W): one accumulator per key, then a transposing
+// sum of the W accumulators (about 3 vector ops per key instead of a horizontal sum each). Empty slots: -inf.
+template <typename T>
+inline void scores_block(const T* __restrict qr, const T* __restrict kb, const int64_t* __restrict keys, int64_t n,
+                         int64_t D, T scale, T* __restrict s) {
+    typedef typename Lanes<T>::V V;
+    constexpr int W = Lanes<T>::W;
+    V acc[W];
+    for (int j = 0; j < W; ++j) {
+        V a = {};
+        if (j < n && keys[j] >= 0) {
+            const T* __restrict kr = kb + keys[j] * D;
+            for (int64_t d = 0; d < D; d += W) {
+                V qv, kv;
+                std::memcpy(&qv, qr + d, sizeof(V));
+                std::memcpy(&kv, kr + d, sizeof(V));
+                a += qv * kv;
+            }
+        }
+        acc[j] = a;
+    }
+    fold_level<T, W / 2>(acc, W);
+    for (int64_t j = 0; j < n; ++j) s[j] = keys[j] >= 0 ? acc[0][j] * scale : -std::numeric_limits<T>::infinity();
+}
+
+template <typename T>
+void rows(const T* __restrict q, const T* __restrict k, const T* __restrict v, const int64_t* __restrict idx,
+          T* __restrict out, T* __restrict lse, const int64_t* dims, T scale, int64_t r0, int64_t r1) {
+    const int64_t N = dims[1], Nk = dims[2], D = dims[3], Dv = dims[4], K = dims[5];
+    constexpr int W = Lanes<T>::W;
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    Scratch<T> ss(K), ps(K);
+    T* __restrict s = ss.p;
+    T* __restrict p = ps.p;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bh = r / N;
+        const T* __restrict qr = q + r * D;
+        const int64_t* __restrict ir = idx + r * K;
+        const T* __restrict kb = k + bh * Nk * D;
+        const T* __restrict vb = v + bh * Nk * Dv;
+        T* __restrict o = out + r * Dv;
+        if (D % W == 0) {
+            for (int64_t j0 = 0; j0 < K; j0 += W) scores_block(qr, kb, ir + j0, std::min<int64_t>(W, K - j0), D, scale,
+                                                              s + j0);
+        } else {
+            for (int64_t j = 0; j < K; ++j) {
+                if (ir[j] < 0) {
+                    s[j] = neg_inf;
+                    continue;
+                }
+                const T* __restrict kr = kb + ir[j] * D;
+                T acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t d = 0; d < D; ++d) acc += qr[d] * kr[d];
+                s[j] = acc * scale;
+            }
+        }
+        T m = neg_inf;
+        for (int64_t j = 0; j < K; ++j) m = s[j] > m ? s[j] : m;
+        for (int64_t d = 0; d < Dv; ++d) o[d] = 0;
+        if (m == neg_inf) {  // no key listed
+            lse[r] = neg_inf;
+            continue;
+        }
+        T denom = 0;
+#pragma omp simd reduction(+ : denom)
+        for (int64_t j = 0; j < K; ++j) {
+            p[j] = ir[j] >= 0 ? vexp(s[j] - m) : T(0);
+            denom += p[j];
+        }
+        for (int64_t j = 0; j < K; ++j) {
+            if (ir[j] < 0) continue;
+            const T pj = p[j];
+            const T* __restrict vr = vb + ir[j] * Dv;
+#pragma omp simd
+            for (int64_t d = 0; d < Dv; ++d) o[d] += pj * vr[d];
+        }
+        const T inv = T(1) / denom;
+#pragma omp simd
+        for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
+        lse[r] = m + std::log(denom);
+    }
+}
+
+// dims: BH, N, Nk, D, Dv, K. q (BH, N, D), k (BH, Nk, D), v (BH, Nk, Dv), idx (BH, N, K) in [-1, Nk);
+// out (BH, N, Dv), lse (BH * N). Work items of 32 query rows.
+template <typename T>
+void forward(const T* q, const T* k, const T* v, const int64_t* idx, T* out, T* lse, const int64_t* dims, T scale,
+             int nthreads) {
+    const int64_t total = dims[0] * dims[1], per = 32;
+    run_parallel((total + per - 1) / per, nthreads, [&](int64_t i) {
+        const int64_t r0 = i * per, r1 = r0 + per < total ? r0 + per : total;
+        rows<T>(q, k, v, idx, out, lse, dims, scale, r0, r1);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+void sparse_fwd_f32(const float* q, const float* k, const float* v, const int64_t* idx, float* out, float* lse,
+                    const int64_t* dims, double scale, int nthreads) {
+    forward<float>(q, k, v, idx, out, lse, dims, static_cast<float>(scale), nthreads);
+}
+void sparse_fwd_f64(const double* q, const double* k, const double* v, const int64_t* idx, double* out,
+                    double* lse, const int64_t* dims, double scale, int nthreads) {
+    forward<double>(q, k, v, idx, out, lse, dims, scale, nthreads);
+}
+}
