@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace zoo_native {
@@ -47,6 +49,45 @@ template <typename F>
 void run_parallel(int64_t items, int nthreads, F&& body) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && items > 1)
     for (int64_t i = 0; i < items; ++i) body(i);
+}
+
+// GCC vectors of one 64-byte line (16 floats, 8 doubles; lowered to what the target has) and lane masks.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    typedef float V __attribute__((vector_size(64)));
+    typedef int32_t M __attribute__((vector_size(64)));
+    static constexpr int W = 16;
+};
+template <>
+struct Lanes<double> {
+    typedef double V __attribute__((vector_size(64)));
+    typedef int64_t M __attribute__((vector_size(64)));
+    static constexpr int W = 8;
+};
+
+// One level of a transposing sum: x and y each hold 2W/(2g) keys' partial sums in groups of 2g lanes; the result
+// holds twice as many keys in groups of g lanes, in key order.
+template <typename T, int g, std::size_t... I>
+inline typename Lanes<T>::V fold(typename Lanes<T>::V x, typename Lanes<T>::V y, std::index_sequence<I...>) {
+    typedef typename Lanes<T>::M M;
+    const M lo = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g)...};
+    const M hi = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g + g)...};
+    return __builtin_shuffle(x, y, lo) + __builtin_shuffle(x, y, hi);
+}
+
+template <typename T, int g>
+inline void fold_level(typename Lanes<T>::V* a, int count) {
+    for (int i = 0; i < count / 2; ++i)
+        a[i] = fold<T, g>(a[2 * i], a[2 * i + 1], std::make_index_sequence<Lanes<T>::W>{});
+    if constexpr (g > 1) fold_level<T, g / 2>(a, count / 2);
+}
+
+// The sums of W vectors' lanes, sum k in lane k of a[0] (a holds W vectors; overwritten).
+template <typename T>
+inline void transposed_sums(typename Lanes<T>::V* a) {
+    fold_level<T, Lanes<T>::W / 2>(a, Lanes<T>::W);
 }
 
 }  // namespace zoo_native

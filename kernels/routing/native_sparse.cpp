@@ -4,49 +4,16 @@
 // key counts as often as listed, an empty slot (-1) not at all, a row without keys gives zeros and lse = -inf.
 #include <algorithm>
 #include <limits>
-#include <type_traits>
-#include <utility>
 
 #include "native_common.h"
 
 namespace {
 
+using zoo_native::Lanes;
 using zoo_native::run_parallel;
 using zoo_native::Scratch;
+using zoo_native::transposed_sums;
 using zoo_native::vexp;
-
-// GCC vectors of one 64-byte line (16 floats, 8 doubles; lowered to what the target has) and lane masks.
-template <typename T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-    typedef float V __attribute__((vector_size(64)));
-    typedef int32_t M __attribute__((vector_size(64)));
-    static constexpr int W = 16;
-};
-template <>
-struct Lanes<double> {
-    typedef double V __attribute__((vector_size(64)));
-    typedef int64_t M __attribute__((vector_size(64)));
-    static constexpr int W = 8;
-};
-
-// One level of a transposing sum: x and y each hold 2W/(2g) keys' partial sums in groups of 2g lanes; the result
-// holds twice as many keys in groups of g lanes, in key order.
-template <typename T, int g, std::size_t... I>
-inline typename Lanes<T>::V fold(typename Lanes<T>::V x, typename Lanes<T>::V y, std::index_sequence<I...>) {
-    typedef typename Lanes<T>::M M;
-    const M lo = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g)...};
-    const M hi = {static_cast<typename std::remove_reference<decltype(M{}[0])>::type>((I / g) * 2 * g + I % g + g)...};
-    return __builtin_shuffle(x, y, lo) + __builtin_shuffle(x, y, hi);
-}
-
-template <typename T, int g>
-inline void fold_level(typename Lanes<T>::V* a, int count) {
-    for (int i = 0; i < count / 2; ++i)
-        a[i] = fold<T, g>(a[2 * i], a[2 * i + 1], std::make_index_sequence<Lanes<T>::W>{});
-    if constexpr (g > 1) fold_level<T, g / 2>(a, count / 2);
-}
 
 // s[j] = scale * q . k[key_j] for W keys at once (D a multiple of W): one accumulator per key, then a transposing
 // sum of the W accumulators (about 3 vector ops per key instead of a horizontal sum each). Empty slots: -inf.
@@ -69,7 +36,7 @@ inline void scores_block(const T* __restrict qr, const T* __restrict kb, const i
         }
         acc[j] = a;
     }
-    fold_level<T, W / 2>(acc, W);
+    transposed_sums<T>(acc);
     for (int64_t j = 0; j < n; ++j) s[j] = keys[j] >= 0 ? acc[0][j] * scale : -std::numeric_limits<T>::infinity();
 }
 

@@ -7,8 +7,10 @@
 
 namespace {
 
+using zoo_native::Lanes;
 using zoo_native::run_parallel;
 using zoo_native::Scratch;
+using zoo_native::transposed_sums;
 using zoo_native::vexp;
 
 // log for finite positive normal floats that gcc vectorises (Cephes polynomial, ~1 ulp).
@@ -94,18 +96,43 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
             const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
             const int64_t* __restrict ord = orders + k * m.L;
             for (int64_t j = 0; j < n; ++j) h[j] = 0;
-            for (int64_t t = 0; t < m.L; ++t) {
-                const int64_t p = ord[t], q = m.gather ? p : t;
-                const T dt = dr[q], du = dt * ur[p];
-                const T* __restrict Bt = Br + q * n;
-                const T* __restrict Ct = Cr + q * n;
-                T acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t j = 0; j < n; ++j) {
-                    h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
-                    acc += Ct[j] * h[j];
+            if constexpr (NS == Lanes<T>::W) {
+                // n fills one vector: the products C_t * h_t of W steps are summed together by a transposing sum
+                // (a few vector ops per step instead of a horizontal sum each)
+                typedef typename Lanes<T>::V V;
+                constexpr int W = Lanes<T>::W;
+                V prods[W];
+                for (int64_t t0 = 0; t0 < m.L; t0 += W) {
+                    const int64_t steps = m.L - t0 < W ? m.L - t0 : W;
+                    for (int64_t i = 0; i < steps; ++i) {
+                        const int64_t t = t0 + i, p = ord[t], q = m.gather ? p : t;
+                        const T dt = dr[q], du = dt * ur[p];
+                        const T* __restrict Bt = Br + q * n;
+#pragma omp simd
+                        for (int64_t j = 0; j < NS; ++j) h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
+                        V hv, cv;
+                        std::memcpy(&hv, h, sizeof(V));
+                        std::memcpy(&cv, Cr + q * n, sizeof(V));
+                        prods[i] = hv * cv;
+                    }
+                    for (int64_t i = steps; i < W; ++i) prods[i] = V{};
+                    transposed_sums<T>(prods);
+                    for (int64_t i = 0; i < steps; ++i) yr[ord[t0 + i]] += prods[0][i];
                 }
-                yr[p] += acc;
+            } else {
+                for (int64_t t = 0; t < m.L; ++t) {
+                    const int64_t p = ord[t], q = m.gather ? p : t;
+                    const T dt = dr[q], du = dt * ur[p];
+                    const T* __restrict Bt = Br + q * n;
+                    const T* __restrict Ct = Cr + q * n;
+                    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+                    for (int64_t j = 0; j < n; ++j) {
+                        h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
+                        acc += Ct[j] * h[j];
+                    }
+                    yr[p] += acc;
+                }
             }
             std::memcpy(last + ((bi * m.K + k) * m.d + di) * n, h, n * sizeof(T));
         }
@@ -118,7 +145,7 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                   const T* __restrict dlast, T* __restrict du, T* __restrict ddelta, T* __restrict dA,
                   T* __restrict dB, T* __restrict dC, const Dims& m, int64_t d0, int64_t d1) {
     const int64_t n = NS ? NS : m.n, L = m.L;
-    Scratch<T> Hs(L * n), As(L * n), gs(n), zs(n);
+    Scratch<T> Hs(L * n), As(L * n), gs(n), zs(n), gbs_scratch(n), ghs_scratch(n);
     T* __restrict H = Hs.p;
     T* __restrict Adec = As.p;
     T* __restrict g = gs.p;
@@ -157,7 +184,7 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                     for (int64_t j = 0; j < n; ++j) g[j] = dl[j];
                 }
                 // walk back: g holds dL/dh_t once C_t * dy_t is added
-                for (int64_t t = L - 1; t >= 0; --t) {
+                auto step = [&](int64_t t, T* __restrict gb, T* __restrict gh) {
                     const int64_t p = ord[t], q = m.gather ? p : t;
                     const T dt = dr[q], ut = ur[p], dyt = dyr[p], dtu = dt * ut;
                     const T* __restrict Bt = Br + q * n;
@@ -167,20 +194,50 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                     const T* __restrict at = Adec + t * n;
                     T* __restrict dBt = dBr + q * n;
                     T* __restrict dCt = dCr + q * n;
-                    T sgb = 0, sgha = 0;
-#pragma omp simd reduction(+ : sgb, sgha)
+#pragma omp simd
                     for (int64_t j = 0; j < n; ++j) {
                         const T gj = g[j] + Ct[j] * dyt;
                         dCt[j] += dyt * ht[j];
-                        sgb += gj * Bt[j];
+                        gb[j] = gj * Bt[j];
                         const T gha = gj * hp[j] * at[j];
-                        sgha += gha * Ar[j];
+                        gh[j] = gha * Ar[j];
                         dAr[j] += gha * dt;
                         dBt[j] += gj * dtu;
                         g[j] = gj * at[j];
                     }
-                    dur[p] += dt * sgb;
-                    ddr[q] += ut * sgb + sgha;
+                };
+                auto finish = [&](int64_t t, T sgb, T sgha) {
+                    const int64_t p = ord[t], q = m.gather ? p : t;
+                    dur[p] += dr[q] * sgb;
+                    ddr[q] += ur[p] * sgb + sgha;
+                };
+                if constexpr (NS == Lanes<T>::W) {
+                    // the two sums over n of W steps at a time, by transposing sums (as in the forward)
+                    typedef typename Lanes<T>::V V;
+                    constexpr int W = Lanes<T>::W;
+                    V gbs[W], ghs[W];
+                    for (int64_t t1 = L - 1; t1 >= 0; t1 -= W) {
+                        const int64_t steps = t1 + 1 < W ? t1 + 1 : W;
+                        for (int64_t i = 0; i < steps; ++i)
+                            step(t1 - i, reinterpret_cast<T*>(&gbs[i]), reinterpret_cast<T*>(&ghs[i]));
+                        for (int64_t i = steps; i < W; ++i) gbs[i] = ghs[i] = V{};
+                        transposed_sums<T>(gbs);
+                        transposed_sums<T>(ghs);
+                        for (int64_t i = 0; i < steps; ++i) finish(t1 - i, gbs[0][i], ghs[0][i]);
+                    }
+                } else {
+                    T* __restrict gb = gbs_scratch.p;
+                    T* __restrict gh = ghs_scratch.p;
+                    for (int64_t t = L - 1; t >= 0; --t) {
+                        step(t, gb, gh);
+                        T sgb = 0, sgha = 0;
+#pragma omp simd reduction(+ : sgb, sgha)
+                        for (int64_t j = 0; j < n; ++j) {
+                            sgb += gb[j];
+                            sgha += gh[j];
+                        }
+                        finish(t, sgb, sgha);
+                    }
                 }
             }
         }

@@ -154,6 +154,25 @@ def test_cpu_matches_reference_multi_order(path, shared, gather, groups):
     _close(_run(CPU_PATHS[path], t, **kw), _run('reference', t, **kw), 1e-10)
 
 
+@pytest.mark.parametrize('shared,gather,groups', [
+    ((), True, None),                                                    # Vim: everything per scan
+    (('u', 'delta', 'A', 'C', 'D', 'delta_bias'), False, None),          # PlainMamba: only B per scan
+    (('u',), True, 2),                                                   # VMamba-like: shared u, grouped B/C
+])
+def test_native_float32_state_size_16_matches_reference(shared, gather, groups):
+    """float32 with n = 16 (one 64-byte vector: the native loop sums the C_t * h_t products, and in backward its
+    two per-step sums, 16 steps at a time by transposing sums): forward and every gradient against the float64
+    reference, with a length that leaves a partial block of steps."""
+    if not native.available():
+        pytest.fail('the native CPU loop did not build here (g++ missing?)')
+    K, L = 2, 37
+    t64 = _inputs(b=2, d=6, L=L, n=16, K=K, shared=shared, groups=groups, seed=5)
+    t32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in t64.items()}
+    orders = torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(k)) for k in range(K)])
+    kw = dict(delta_softplus=True, orders=orders, gather_params=gather)
+    _close([g.double() for g in _run('cpu', t32, **kw)], _run('reference', t64, **kw), 2e-5)
+
+
 @pytest.mark.parametrize('path', list(CPU_PATHS))
 @pytest.mark.parametrize('multi', [False, True])
 def test_gradcheck(path, multi):
