@@ -49,7 +49,7 @@ class NativeLibrary:
     Args:
         name: the library's name (its cache file is ``<name>_<digest>.so``; log messages name it).
         source: path of the C++ file.
-        signatures: exported function -> its ctypes argument types.
+        signatures: exported function -> its ctypes argument types, or (argument types, result type).
         disable_env: the environment variable that turns the library off when ``0``.
     """
 
@@ -76,8 +76,10 @@ class NativeLibrary:
                                timeout=300)
                 os.replace(out, path)  # atomic: concurrent builders never see a half-written library
         lib = ctypes.CDLL(path)
-        for fn, argtypes in self.signatures.items():
+        for fn, signature in self.signatures.items():
+            argtypes, restype = signature if isinstance(signature, tuple) else (signature, None)
             getattr(lib, fn).argtypes = list(argtypes)
+            getattr(lib, fn).restype = restype
         return lib
 
     def available(self) -> bool:

@@ -13,10 +13,10 @@ __all__ = ['NATIVE_ENV', 'LOOP', 'available', 'sparse_forward']
 
 NATIVE_ENV = 'ZOO_SPARSE_ATTENTION_NATIVE'
 _p = ctypes.c_void_p
-# q, k, v, idx, out, lse, dims, scale, threads
+# q, k, v, idx, out, lse, dims, scale, threads -> slots outside [-1, Nk)
 LOOP = NativeLibrary('sparse_attention', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'native_sparse.cpp'),
-                     {f'sparse_fwd_{dt}': [_p] * 7 + [ctypes.c_double, ctypes.c_int] for dt in ('f32', 'f64')},
-                     NATIVE_ENV)
+                     {f'sparse_fwd_{dt}': ([_p] * 7 + [ctypes.c_double, ctypes.c_int], ctypes.c_int64)
+                      for dt in ('f32', 'f64')}, NATIVE_ENV)
 
 
 def available() -> bool:
@@ -37,5 +37,8 @@ def sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch
     if bh * n:
         lib = LOOP.library()
         fn = lib.sparse_fwd_f64 if q.dtype == torch.float64 else lib.sparse_fwd_f32
-        fn(*map(pointer, (q, k, v, idx, out, lse, dims)), float(scale), torch.get_num_threads())
+        bad = fn(*map(pointer, (q, k, v, idx, out, lse, dims)), float(scale), torch.get_num_threads())
+        if bad:  # only a direct operator call gets here: sparse_attention checks the index first
+            raise ValueError(f'key_index holds {bad} values outside [-1, Nk) with Nk = {k.shape[1]} keys '
+                             '(-1 marks an empty slot)')
     return out, lse

@@ -15,17 +15,29 @@ using zoo_native::Scratch;
 using zoo_native::transposed_sums;
 using zoo_native::vexp;
 
+// A slot names a key in [0, Nk); -1 is an empty slot. Anything else never reaches memory: it counts as empty here
+// and the caller is told (kernels/routing/native.py raises), so a direct operator call with a bad index cannot read
+// outside k and v.
+inline bool listed(int64_t key, int64_t Nk) { return static_cast<uint64_t>(key) < static_cast<uint64_t>(Nk); }
+
+inline int64_t out_of_range(const int64_t* idx, int64_t count, int64_t Nk) {
+    int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+    for (int64_t i = 0; i < count; ++i) bad += (idx[i] < -1) | (idx[i] >= Nk);
+    return bad;
+}
+
 // s[j] = scale * q . k[key_j] for W keys at once (D a multiple of W): one accumulator per key, then a transposing
 // sum of the W accumulators (about 3 vector ops per key instead of a horizontal sum each). Empty slots: -inf.
 template <typename T>
 inline void scores_block(const T* __restrict qr, const T* __restrict kb, const int64_t* __restrict keys, int64_t n,
-                         int64_t D, T scale, T* __restrict s) {
+                         int64_t Nk, int64_t D, T scale, T* __restrict s) {
     typedef typename Lanes<T>::V V;
     constexpr int W = Lanes<T>::W;
     V acc[W];
     for (int j = 0; j < W; ++j) {
         V a = {};
-        if (j < n && keys[j] >= 0) {
+        if (j < n && listed(keys[j], Nk)) {
             const T* __restrict kr = kb + keys[j] * D;
             for (int64_t d = 0; d < D; d += W) {
                 V qv, kv;
@@ -37,7 +49,8 @@ inline void scores_block(const T* __restrict qr, const T* __restrict kb, const i
         acc[j] = a;
     }
     transposed_sums<T>(acc);
-    for (int64_t j = 0; j < n; ++j) s[j] = keys[j] >= 0 ? acc[0][j] * scale : -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j)
+        s[j] = listed(keys[j], Nk) ? acc[0][j] * scale : -std::numeric_limits<T>::infinity();
 }
 
 template <typename T>
@@ -57,11 +70,11 @@ void rows(const T* __restrict q, const T* __restrict k, const T* __restrict v, c
         const T* __restrict vb = v + bh * Nk * Dv;
         T* __restrict o = out + r * Dv;
         if (D % W == 0) {
-            for (int64_t j0 = 0; j0 < K; j0 += W) scores_block(qr, kb, ir + j0, std::min<int64_t>(W, K - j0), D, scale,
+            for (int64_t j0 = 0; j0 < K; j0 += W) scores_block(qr, kb, ir + j0, std::min<int64_t>(W, K - j0), Nk, D, scale,
                                                               s + j0);
         } else {
             for (int64_t j = 0; j < K; ++j) {
-                if (ir[j] < 0) {
+                if (!listed(ir[j], Nk)) {
                     s[j] = neg_inf;
                     continue;
                 }
@@ -82,11 +95,11 @@ void rows(const T* __restrict q, const T* __restrict k, const T* __restrict v, c
         T denom = 0;
 #pragma omp simd reduction(+ : denom)
         for (int64_t j = 0; j < K; ++j) {
-            p[j] = ir[j] >= 0 ? vexp(s[j] - m) : T(0);
+            p[j] = listed(ir[j], Nk) ? vexp(s[j] - m) : T(0);
             denom += p[j];
         }
         for (int64_t j = 0; j < K; ++j) {
-            if (ir[j] < 0) continue;
+            if (!listed(ir[j], Nk)) continue;
             const T pj = p[j];
             const T* __restrict vr = vb + ir[j] * Dv;
 #pragma omp simd
@@ -102,24 +115,30 @@ void rows(const T* __restrict q, const T* __restrict k, const T* __restrict v, c
 // dims: BH, N, Nk, D, Dv, K. q (BH, N, D), k (BH, Nk, D), v (BH, Nk, Dv), idx (BH, N, K) in [-1, Nk);
 // out (BH, N, Dv), lse (BH * N). Work items of 32 query rows.
 template <typename T>
-void forward(const T* q, const T* k, const T* v, const int64_t* idx, T* out, T* lse, const int64_t* dims, T scale,
-             int nthreads) {
+int64_t forward(const T* q, const T* k, const T* v, const int64_t* idx, T* out, T* lse, const int64_t* dims, T scale,
+                int nthreads) {
     const int64_t total = dims[0] * dims[1], per = 32;
+    std::vector<int64_t> bad((total + per - 1) / per, 0);
     run_parallel((total + per - 1) / per, nthreads, [&](int64_t i) {
         const int64_t r0 = i * per, r1 = r0 + per < total ? r0 + per : total;
+        bad[i] = out_of_range(idx + r0 * dims[5], (r1 - r0) * dims[5], dims[2]);
         rows<T>(q, k, v, idx, out, lse, dims, scale, r0, r1);
     });
+    int64_t sum = 0;
+    for (int64_t b : bad) sum += b;
+    return sum;
 }
 
 }  // namespace
 
 extern "C" {
-void sparse_fwd_f32(const float* q, const float* k, const float* v, const int64_t* idx, float* out, float* lse,
-                    const int64_t* dims, double scale, int nthreads) {
-    forward<float>(q, k, v, idx, out, lse, dims, static_cast<float>(scale), nthreads);
+// Both return the number of slots outside [-1, Nk) (computed as empty).
+int64_t sparse_fwd_f32(const float* q, const float* k, const float* v, const int64_t* idx, float* out, float* lse,
+                       const int64_t* dims, double scale, int nthreads) {
+    return forward<float>(q, k, v, idx, out, lse, dims, static_cast<float>(scale), nthreads);
 }
-void sparse_fwd_f64(const double* q, const double* k, const double* v, const int64_t* idx, double* out,
-                    double* lse, const int64_t* dims, double scale, int nthreads) {
-    forward<double>(q, k, v, idx, out, lse, dims, scale, nthreads);
+int64_t sparse_fwd_f64(const double* q, const double* k, const double* v, const int64_t* idx, double* out,
+                       double* lse, const int64_t* dims, double scale, int nthreads) {
+    return forward<double>(q, k, v, idx, out, lse, dims, scale, nthreads);
 }
 }

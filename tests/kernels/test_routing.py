@@ -444,6 +444,20 @@ def test_sparse_attention_flops_on_the_native_route_are_k_keys_per_query():
     assert counter.get_total_flops() == 2 * b * h * n * n_keys * (d + dv)
 
 
+def test_sparse_attention_operator_called_directly_refuses_an_index_out_of_range():
+    """torch.ops.zoo.sparse_attention skips sparse_attention's argument checks: the native forward must neither read
+    outside k and v nor return silently wrong rows."""
+    if not routing_native.available():
+        pytest.fail('the native sparse attention loop did not build here (g++ missing?)')
+    q, k, v = _qkv((1, 2, 40, 16), 16, torch.float32)
+    idx = _key_index(1, 2, 40, 40, 4)
+    for bad in (40, 1 << 40, -2):
+        wrong = idx.clone()
+        wrong[0, 1, 7, 2] = bad
+        with use_backend('cpu'), pytest.raises(ValueError, match=r'key_index holds 1 values outside \[-1, Nk\)'):
+            torch.ops.zoo.sparse_attention(q, k, v, wrong, 0.25, 'cpu')
+
+
 def test_sparse_attention_native_build_failure_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(routing_native.LOOP, '_lib', None)
     monkeypatch.setattr(routing_native.LOOP, '_failed', False)

@@ -98,14 +98,19 @@ def _connectivity(q: torch.Tensor, n_k: int, keep: float) -> Tuple[torch.Tensor,
     """(key_index (B, heads, N, K) int64, dense 0/1 mask (B, heads, N, Nk) bool), fixed seed, cached per shape."""
     key = (tuple(q.shape), n_k, keep, q.device)
     if key not in _CONNECTIVITY:
-        b, h, n, _ = q.shape
-        n_keys = math.ceil(keep * n_k)
-        g = torch.Generator().manual_seed(0)
-        index = torch.stack([torch.randperm(n_k, generator=g)[:n_keys] for _ in range(b * h * n)])
-        index = index.view(b, h, n, n_keys).to(q.device)
-        mask = torch.zeros(b, h, n, n_k, dtype=torch.bool, device=q.device).scatter_(-1, index, True)
-        _CONNECTIVITY[key] = (index, mask)
+        _CONNECTIVITY[key] = _draw_connectivity(q, n_k, keep)
     return _CONNECTIVITY[key]
+
+
+@torch.inference_mode(False)  # normal tensors: a train-mode run after an inference one saves them for backward
+def _draw_connectivity(q: torch.Tensor, n_k: int, keep: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    b, h, n, _ = q.shape
+    n_keys = math.ceil(keep * n_k)
+    g = torch.Generator().manual_seed(0)
+    index = torch.stack([torch.randperm(n_k, generator=g)[:n_keys] for _ in range(b * h * n)])
+    index = index.view(b, h, n, n_keys).to(q.device)
+    mask = torch.zeros(b, h, n, n_k, dtype=torch.bool, device=q.device).scatter_(-1, index, True)
+    return index, mask
 
 
 def _sparse(backend: str, q, k, v, keep: float) -> torch.Tensor:
