@@ -372,14 +372,14 @@ def _sparse_route(q: torch.Tensor, k: torch.Tensor, key_index: torch.Tensor, for
     """('native', 'gather' or 'tile', validity of the slots or None when all are valid or not needed)."""
     n_keys, n_k = key_index.shape[-1], k.shape[2]
     shapes_only = key_index.device.type == 'meta' or isinstance(key_index, FakeTensor)
-    if forward and (_SPARSE_ROUTE == 'native' or (_SPARSE_ROUTE is None and n_keys * _NATIVE_RATIO <= n_k)):
-        if not shapes_only and q.device.type == 'cpu' and native.available():
-            return 'native', None  # reads the slots itself
-        if shapes_only:  # FLOP counting: the products the native loop computes, K keys per query
-            return 'gather', key_index >= 0
-    valid = key_index >= 0
     route = _SPARSE_ROUTE if _SPARSE_ROUTE in ('gather', 'tile') else (
         'gather' if n_keys * _DENSE_TILE_RATIO < n_k else 'tile')
+    if forward and (_SPARSE_ROUTE == 'native' or (_SPARSE_ROUTE is None and n_keys * _NATIVE_RATIO <= n_k)):
+        if shapes_only:  # FLOP counting: the products the native loop computes, K keys per query
+            route = 'gather'
+        elif q.device.type == 'cpu' and native.available():
+            return 'native', None  # reads the slots itself
+    valid = key_index >= 0
     if shapes_only:  # no values to read: the masked products
         return route, valid
     return route, None if bool(valid.all()) else valid

@@ -9,11 +9,7 @@
 
 namespace {
 
-using zoo_native::Lanes;
-using zoo_native::run_parallel;
-using zoo_native::Scratch;
-using zoo_native::transposed_sums;
-using zoo_native::vexp;
+using namespace zoo_native;  // NOLINT: the shared helpers of native_common.h
 
 // A slot names a key in [0, Nk); -1 is an empty slot. Anything else never reaches memory: it counts as empty here
 // and the caller is told (kernels/routing/native.py raises), so a direct operator call with a bad index cannot read

@@ -7,11 +7,7 @@
 
 namespace {
 
-using zoo_native::Lanes;
-using zoo_native::run_parallel;
-using zoo_native::Scratch;
-using zoo_native::transposed_sums;
-using zoo_native::vexp;
+using namespace zoo_native;  // NOLINT: the shared helpers of native_common.h
 
 // log for finite positive normal floats that gcc vectorises (Cephes polynomial, ~1 ulp).
 inline float vlog(float x) {
