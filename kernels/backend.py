@@ -71,8 +71,13 @@ def requested_backend() -> str:
     return _check_name(env, f'${ENV_VAR}') if env else 'auto'
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile calls it and keeps the answer instead of tracing it
 def triton_available() -> bool:
+    return _imports_triton()
+
+
+@functools.cache
+def _imports_triton() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401

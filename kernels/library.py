@@ -12,6 +12,13 @@ An op ``<name>`` is two custom operators (``torch.library.custom_op``):
 ``zoo::<name>_backward(Tensor?[] grads, Tensor?[] inputs, Tensor[] outputs, bool[] needs, <scalar arguments>)``
     the same backend's ``backward``; registered as the forward's autograd formula (``register_autograd``).
 
+``zoo::<name>_triton`` and ``zoo::<name>_triton_backward``
+    the same two on the Triton backend, registered with ``torch.library.triton_op``: their implementations launch
+    the kernels through ``torch.library.wrap_triton``, so torch.compile and torch.export trace into them and see
+    each kernel launch (inductor schedules and launches the kernels itself) instead of one opaque call. A call
+    whose backend rule picks triton (CUDA tensors, or an explicit ``triton`` under ``TRITON_INTERPRET=1``) runs
+    these; every other call runs the first two.
+
 Passing the requested backend as an argument ties forward, fake and backward to one backend even when
 ``backward()`` runs outside the ``use_backend`` block of the forward, and keeps exported graphs portable
 (``auto`` is resolved where the graph runs). A compiled graph keeps the backend requested when it was traced.
@@ -44,6 +51,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch._decomp import register_decomposition
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from .backend import choose
@@ -256,6 +264,9 @@ class Operator:
         else:  # integer results (region_topk): nothing flows back
             self.forward_op.register_autograd(lambda ctx, *grads: (None,) * len(self.arguments),
                                               setup_context=lambda ctx, inputs, output: None)
+        self.triton_forward_op = self.triton_backward_op = None
+        if 'triton' in backends:
+            self._register_triton(args, returns, scalars)
         if decomposition is not None:
             overload = getattr(getattr(torch.ops, NAMESPACE), name).default
             register_decomposition(overload)(self._decompose)
@@ -264,6 +275,29 @@ class Operator:
             # shapes and strides (the decomposition is for ONNX export only)
             register_decomposition(overload, type='meta')(self._forward_fake)
 
+    def _register_triton(self, args: str, returns: str, scalars: str) -> None:
+        """``zoo::<name>_triton`` (and its backward): the module docstring. The schemas are the first two's, so
+        the autograd glue is shared; their fake implementations are the Triton launchers themselves, traced."""
+        name = f'{NAMESPACE}::{self.name}_triton'
+        self.triton_forward_op = torch.library.triton_op(name, self._triton_forward, mutates_args=(),
+                                                         schema=f'{args} -> {returns.strip()}')
+        register_flop_formula(getattr(getattr(torch.ops, NAMESPACE), f'{self.name}_triton'),
+                              get_raw=True)(self._forward_flops)
+        if self.differentiable:
+            self.triton_backward_op = torch.library.triton_op(
+                f'{name}_backward', self._triton_backward, mutates_args=(),
+                schema=f'(Tensor?[] grads, Tensor?[] inputs, Tensor[] outputs, bool[] needs, {scalars}) -> Tensor[]')
+            self.triton_forward_op.register_autograd(
+                functools.partial(self._autograd_backward, backward_op=self.triton_backward_op),
+                setup_context=self._setup_context)
+        else:
+            self.triton_forward_op.register_autograd(lambda ctx, *grads: (None,) * len(self.arguments),
+                                                     setup_context=lambda ctx, inputs, output: None)
+        if self._decomposition is not None:  # ONNX export of a model on CUDA: as the first operator
+            overload = getattr(getattr(torch.ops, NAMESPACE), f'{self.name}_triton').default
+            register_decomposition(overload)(self._decompose)
+            register_decomposition(overload, type='meta')(self._triton_forward)
+
     # --- the backend rule ---------------------------------------------------------------------------------------
     def backend(self, kwargs: Dict[str, Any]) -> Tuple[str, Any]:
         """(name, object) of the backend that runs these arguments."""
@@ -271,9 +305,21 @@ class Operator:
         name = choose(self.name, tensors, lambda: self.triton_limit(**kwargs), requested=kwargs['backend'])
         return name, self.backends[name]
 
+    def _runs_triton(self, kwargs: Dict[str, Any]) -> bool:
+        """Whether the rule picks the Triton backend: checked only where it can (CUDA tensors, or triton asked for
+        explicitly), so a CPU call, traced or not, never evaluates more of the rule than a device check."""
+        if self.triton_forward_op is None or kwargs['backend'] not in ('auto', 'triton'):
+            return False
+        tensors = [kwargs[n] for n in self.tensors if kwargs[n] is not None]
+        if kwargs['backend'] == 'auto' and not (tensors and all(t.is_cuda for t in tensors)):
+            return False
+        return self.backend(kwargs)[0] == 'triton'
+
     def __call__(self, **kwargs) -> tuple:
-        """Run the forward operator; returns its results (without the statistics)."""
-        outputs = self.forward_op(*[kwargs[n] for n in self.arguments])
+        """Run the forward operator (its Triton form where the rule picks triton); returns its results (without
+        the statistics)."""
+        op = self.triton_forward_op if self._runs_triton(kwargs) else self.forward_op
+        outputs = op(*[kwargs[n] for n in self.arguments])
         return tuple(outputs[:self.n_outputs]) if isinstance(outputs, (tuple, list)) else (outputs,)
 
     # --- forward ------------------------------------------------------------------------------------------------
@@ -289,6 +335,16 @@ class Operator:
         if isinstance(outputs, torch.Tensor):
             return _unaliased([outputs], args)[0]
         return tuple(_unaliased(self._flat_stats(outputs), args))
+
+    def _triton_forward(self, *args):
+        """The Triton backend's forward, traceable (``zoo::<name>_triton``): its launchers allocate the outputs
+        and launch the kernels through wrap_triton; nothing here reads tensor data or addresses."""
+        kwargs = self._kwargs(args)
+        kwargs.pop('backend')
+        outputs = self.backends['triton'].forward(**kwargs)
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        return tuple(self._flat_stats(outputs))
 
     def _forward_fake(self, *args, **kwargs):
         if self._decomposition is not None:
@@ -317,7 +373,7 @@ class Operator:
         if not stats:
             return list(outputs)
         tensors = [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
-        if any(isinstance(t, FakeTensor) or t.is_meta for t in tensors):
+        if any(isinstance(t, (FakeTensor, FunctionalTensor)) or t.is_meta for t in tensors):
             shapes = [t.shape for t in self._fake(name, **kwargs)[self.n_outputs:]]
         else:
             key = (name, *[(tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else _frozen(v)
@@ -340,7 +396,9 @@ class Operator:
         kwargs = self._kwargs(args, kwargs)
         name, backend = self.backend(kwargs)
         kwargs.pop('backend')
-        if name == 'cpu':  # its PyTorch products on meta copies: what a native loop computes, at no cost
+        if name in ('cpu', 'triton'):
+            # the cpu backend's PyTorch products on meta copies: what a native loop or a Triton kernel computes
+            backend = self.backends['cpu']
             kwargs = {k: v.to('meta') if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         with FlopCounterMode(display=False) as counter:
             backend.forward(**kwargs)
@@ -393,6 +451,18 @@ class Operator:
                   for n, g, p in zip(self.differentiable, result, present)]
         return _unaliased(result, [*grads, *inputs, *outputs])
 
+    def _triton_backward(self, grads, inputs, outputs, needs, *scalars):
+        """The Triton backend's backward, traceable (``zoo::<name>_triton_backward``); as :meth:`_backward_impl`."""
+        kwargs = self._backward_kwargs(inputs, scalars)
+        present = self._present(kwargs, needs)
+        kwargs.pop('backend')
+        backend_outputs = self._backend_outputs('triton', kwargs, outputs)
+        result = self.backends['triton'].backward(list(grads), backend_outputs, dict(zip(self.differentiable, needs)),
+                                                  **kwargs)
+        device = outputs[0].device
+        return [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
+                for n, g, p in zip(self.differentiable, result, present)]
+
     def _backward_fake(self, grads, inputs, outputs, needs, *scalars):
         kwargs = self._backward_kwargs(inputs, scalars)
         present = self._present(kwargs, needs)
@@ -405,12 +475,13 @@ class Operator:
         ctx.scalars = self._scalars(kwargs)
         ctx.n_inputs = len(self.tensors)
 
-    def _autograd_backward(self, ctx, *grads):
+    def _autograd_backward(self, ctx, *grads, backward_op=None):
         saved = ctx.saved_tensors
         inputs, outputs = saved[:ctx.n_inputs], saved[ctx.n_inputs:]
         index = {n: i for i, n in enumerate(self.arguments)}
         needs = [bool(ctx.needs_input_grad[index[n]]) for n in self.differentiable]
-        result = self.backward_op(list(grads[:self.n_outputs]), list(inputs), list(outputs), needs, *ctx.scalars)
+        backward_op = backward_op or self.backward_op
+        result = backward_op(list(grads[:self.n_outputs]), list(inputs), list(outputs), needs, *ctx.scalars)
         kwargs = self._backward_kwargs(inputs, ctx.scalars)
         by_name = {n: g for n, g, p in zip(self.differentiable, result, self._present(kwargs, needs)) if p}
         return tuple(by_name.get(n) for n in self.arguments)

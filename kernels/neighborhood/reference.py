@@ -34,7 +34,7 @@ def scaled_query(q: torch.Tensor, scale: Union[float, torch.Tensor], query_embed
     """``(q + query_embedding) * scale [* log(valid local keys + num_extra)]``, the query the scores use."""
     heads, height, width = q.shape[1], q.shape[2], q.shape[3]
     qs = q if query_embedding is None else q + query_embedding.view(1, heads, 1, 1, -1)
-    factor = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), dtype=q.dtype, device=q.device)
+    factor = scale if isinstance(scale, torch.Tensor) else q.new_full((), float(scale))
     if length_scale:
         count = valid_key_count(height, width, kernel_size, dilation, q.device)
         count = count.to(torch.promote_types(q.dtype, torch.float32))  # float64 stays exact for gradcheck

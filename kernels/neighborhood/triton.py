@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from kernels import aot
 from kernels.backend import triton_interpreted
@@ -415,7 +416,7 @@ def forward(qs: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.empty_like(qs)
     lse = torch.empty(b, h, n, dtype=torch.float32, device=qs.device)
     grid = (triton.cdiv(n, _BLOCK_M), b * h)
-    _fwd_kernel[grid](
+    wrap_triton(_fwd_kernel)[grid](
         qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, lse,
         height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw,
         KS=kernel_size, DIL=dilation, D_PAD=_d_pad(d), BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
@@ -456,13 +457,13 @@ def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict
     dlt_p = torch.empty(parts, d_pad, local_len, **f32) if lt is not None else None
     dlb_p = torch.empty(parts, local_len, **f32) if lb is not None else None
     opt32 = lambda t: t if t is not None else lse  # noqa: E731
-    _bwd_dq_kernel[(num_m, b * h)](
+    wrap_triton(_bwd_dq_kernel)[(num_m, b * h)](
         qs, qt, k, v, opt(rpb), opt(ek), opt(ev), opt(bias), index_h, index_w, opt(lt), opt(lb), out, dout, lse,
         delta, dqs, opt(dqt), opt32(debt if ebt is not None else deb), opt32(drpb_p), opt32(dlt_p), opt32(dlb_p),
         height, width, m, d, h, stride_eb_b, stride_eb_h, pw, tw, KS=kernel_size, DIL=dilation, D_PAD=d_pad,
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_num_warps(d_pad), **flags)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    _bwd_dkdv_local_kernel[(num_m, b * h)](
+    wrap_triton(_bwd_dkdv_local_kernel)[(num_m, b * h)](
         qs, qt, k, v, opt(rpb), opt(lt), opt(lb), dout, lse, delta, dk, dv, height, width, d, h,
         KS=kernel_size, DIL=dilation, D_PAD=d_pad, BLOCK_M=_BLOCK_M, HAS_RPB=flags['HAS_RPB'],
         HAS_LT=flags['HAS_LT'], HAS_LB=flags['HAS_LB'], num_warps=_num_warps(d_pad, 'bwd_dkdv_local'))
@@ -473,7 +474,7 @@ def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict
         split = max(1, min(num_m, _TARGET_PROGRAMS // max(1, n_blocks * b * h)))
         dek_p = torch.empty(split, b, h, m, d, **f32)
         dev_p = torch.empty(split, b, h, m, d, **f32)
-        _bwd_dkdv_extra_kernel[(n_blocks, b * h, split)](
+        wrap_triton(_bwd_dkdv_extra_kernel)[(n_blocks, b * h, split)](
             qs, ek, ev, opt(bias), index_h, index_w, dout, lse, delta, dek_p, dev_p, n, width, m, d, h,
             stride_eb_b, stride_eb_h, pw, tw, split, D_PAD=d_pad, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
             HAS_EB=flags['HAS_EB'], HAS_EBT=flags['HAS_EBT'], IEEE=flags['IEEE'], num_warps=_num_warps(d_pad))

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .. import aot
 from ..backend import triton_interpreted
@@ -421,7 +422,9 @@ def _inverse_lists(index: torch.Tensor, n_buckets: int, valid: Optional[torch.Te
     if valid is not None:
         keys = keys.masked_fill(~valid, rows * n_buckets)  # one bucket past the end: dropped below
     order = torch.argsort(keys.reshape(-1), stable=True)
-    counts = torch.bincount(keys.reshape(-1), minlength=rows * n_buckets + 1)[:rows * n_buckets]
+    # a scatter rather than bincount, whose output size depends on the values (torch.compile traces this)
+    counts = keys.new_zeros(rows * n_buckets + 1).index_add_(0, keys.reshape(-1), torch.ones_like(keys).reshape(-1))
+    counts = counts[:rows * n_buckets]
     offsets = torch.zeros(rows * n_buckets + 1, dtype=torch.long, device=index.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     return (order % length).to(torch.int32), offsets.to(torch.int32)
@@ -448,8 +451,8 @@ def _routed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_in
     out = torch.empty(b, h, hh, ww, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(b * h, hh * ww, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(tokens, cfg.constexprs['BLOCK_M']), n_reg, b * h)
-    _routed_fwd[grid](q, k, v, out, lse, idx, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w, topk, idx_sb,
-                      idx_sh, d, dv, **_launch_options(cfg))
+    wrap_triton(_routed_fwd)[grid](q, k, v, out, lse, idx, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w,
+                                   topk, idx_sb, idx_sh, d, dv, **_launch_options(cfg))
     return out, lse
 
 
@@ -471,14 +474,14 @@ def _routed_backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], nee
     dq_cfg = _routed_config('bwd_dq', block, head_dim, tf32, masked)
     dkdv_cfg = _routed_config('bwd_dkdv', block, head_dim, tf32, masked)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _routed_bwd_dq[(triton.cdiv(tokens, dq_cfg.constexprs['BLOCK_M']), n_reg, b * h)](
+    wrap_triton(_routed_bwd_dq)[(triton.cdiv(tokens, dq_cfg.constexprs['BLOCK_M']), n_reg, b * h)](
         q, k, v, do, dq, lse, delta, idx, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w, topk, idx_sb,
         idx_sh, d, dv_dim, **_launch_options(dq_cfg))
     # query regions routed to each key region: entries of each (image[, head]) row, grouped by key region
     positions, offsets = _inverse_lists(idx.reshape(-1, n_reg * topk), n_reg)
     qlist = (positions // topk).to(torch.int32)
     row_sb, row_sh = (h, 1) if idx.dim() == 4 else (1, 0)
-    _routed_bwd_dkdv[(triton.cdiv(tokens, dkdv_cfg.constexprs['BLOCK_N']), n_reg, b * h)](
+    wrap_triton(_routed_bwd_dkdv)[(triton.cdiv(tokens, dkdv_cfg.constexprs['BLOCK_N']), n_reg, b * h)](
         q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, hh, ww, valid_h, valid_w, h, n_win, reg_h, reg_w,
         row_sb, row_sh, d, dv_dim, **_launch_options(dkdv_cfg))
     return [dq, dk, dv]
@@ -495,7 +498,8 @@ def _sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index
     out = torch.empty(b, h, n, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(b * h * n, dtype=torch.float32, device=q.device)
     cfg = _sparse_config('fwd', _head_dim(d, dv))
-    _sparse_fwd[(n, b * h)](q, k, v, out, lse, idx, scale, n, n_k, n_keys, d, dv, **_launch_options(cfg))
+    wrap_triton(_sparse_fwd)[(n, b * h)](q, k, v, out, lse, idx, scale, n, n_k, n_keys, d, dv,
+                                         **_launch_options(cfg))
     return out, lse
 
 
@@ -511,13 +515,13 @@ def _sparse_backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], nee
     delta = (do.float() * out.float()).sum(-1).reshape(-1)
     head_dim = _head_dim(d, dv_dim)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _sparse_bwd_dq[(n, b * h)](q, k, v, do, dq, lse, delta, idx, scale, n, n_k, n_keys, d, dv_dim,
-                               **_launch_options(_sparse_config('bwd_dq', head_dim)))
+    wrap_triton(_sparse_bwd_dq)[(n, b * h)](q, k, v, do, dq, lse, delta, idx, scale, n, n_k, n_keys, d, dv_dim,
+                                            **_launch_options(_sparse_config('bwd_dq', head_dim)))
     rows = idx.reshape(b * h, n * n_keys)
     positions, offsets = _inverse_lists(rows.clamp(min=0), n_k + 1, valid=rows >= 0)
     qlist = (positions // n_keys).to(torch.int32)
-    _sparse_bwd_dkdv[(n_k, b * h)](q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, n, n_k, d, dv_dim,
-                                   **_launch_options(_sparse_config('bwd_dkdv', head_dim)))
+    wrap_triton(_sparse_bwd_dkdv)[(n_k, b * h)](q, k, v, do, dk, dv, lse, delta, qlist, offsets, scale, n, n_k, d,
+                                                dv_dim, **_launch_options(_sparse_config('bwd_dkdv', head_dim)))
     return [dq, dk, dv]
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from kernels import aot
 
@@ -347,7 +348,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_
     last = torch.empty(b, K, d, n, device=dev, dtype=torch.float32)
     hs = torch.empty(b, K, d, n_chunks, n, device=dev, dtype=torch.float32)
     dummy = a.u
-    _ss_fwd[a.grid](
+    wrap_triton(_ss_fwd)[a.grid](
         a.u, a.delta, a.A, a.B, a.C, dummy if a.D is None else a.D, dummy if a.delta_bias is None else a.delta_bias,
         dummy if a.z is None else a.z, a.orders, y, out, last, hs, *a.common, *a.sizes, **a.flags,
         BLOCK_D=a.block_d, BLOCK_N=a.block_n, CHUNK=CHUNK, num_warps=a.warps)
@@ -378,7 +379,7 @@ def backward(grads, outputs, needs, u, delta, A, B, C, D, z, delta_bias, delta_s
         dD.stride(0), _kstride(dD, 1), dbias.stride(0), _kstride(dbias, 1),
         dB.stride(0), dB.stride(1), _kstride(dB, 2), dC.stride(0), dC.stride(1), _kstride(dC, 2),
     )
-    _ss_bwd[a.grid](
+    wrap_triton(_ss_bwd)[a.grid](
         a.u, a.delta, a.A, a.B, a.C, dummy if a.D is None else a.D, dummy if a.delta_bias is None else a.delta_bias,
         dummy if a.z is None else a.z, a.orders, dout, hs, dummy if dlast_c is None else dlast_c,
         du, ddelta, dA, dD, dbias, dB, dC, *a.common, *grad_strides, *a.sizes, **a.flags,

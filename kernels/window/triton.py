@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .. import aot
 from ..backend import triton_interpreted
@@ -335,7 +336,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_bias: Opt
     out = q.new_empty(B, heads, H, W, Dv)
     lse = torch.empty(B * heads, H, W, device=q.device, dtype=torch.float32)
     launch = (n_win_h * n_win_w, B * heads, triton.cdiv(n_tok, cfg.constexprs['BLOCK_M']))
-    _fwd_kernel[launch](
+    wrap_triton(_fwd_kernel)[launch](
         q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, H, W, wh, ww, n_win_w, wsy, wsx, tsy, tsx, D, Dv, scale, **_launch_options(cfg))
     return out, lse
@@ -361,7 +362,7 @@ def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict
     coords = (wsy, wsx, tsy, tsx)
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     delta = torch.empty_like(lse)
-    _bwd_dq_kernel[(n_win, B * heads, triton.cdiv(n_tok, dq_cfg.constexprs['BLOCK_M']))](
+    wrap_triton(_bwd_dq_kernel)[(n_win, B * heads, triton.cdiv(n_tok, dq_cfg.constexprs['BLOCK_M']))](
         q, k, v, out, do, dq, lse, delta, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         *_strides(do), *_strides(dq), *geometry, n_win_w, *coords, D, Dv, scale, **_launch_options(dq_cfg))
 
@@ -372,7 +373,8 @@ def backward(grads: List[torch.Tensor], outputs: List[torch.Tensor], needs: Dict
     dbias = (torch.zeros(B, n_chunks, heads, n_tok, n_tok, device=q.device, dtype=torch.float32)
              if bias_grad else bias)
     dkdv_cfg = _config('bwd_dkdv', block, head_dim, has_bias, bias_grad, precision=precision)
-    _bwd_dkdv_kernel[(n_chunks, B * heads, triton.cdiv(n_tok, dkdv_cfg.constexprs['BLOCK_N']))](
+    dkdv_grid = (n_chunks, B * heads, triton.cdiv(n_tok, dkdv_cfg.constexprs['BLOCK_N']))
+    wrap_triton(_bwd_dkdv_kernel)[dkdv_grid](
         q, k, v, do, dk, dv, lse, delta, bias, dbias, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dk), *_strides(dv), *geometry, n_win, n_win_w, per_program, *coords, D, Dv, scale,
         **_launch_options(dkdv_cfg))

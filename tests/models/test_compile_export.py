@@ -5,7 +5,9 @@ shrunk through its own keyword arguments (``SMALL``) to keep CI fast; a family r
 here is built with one block per stage (``depths``) or a few blocks (``depth``) where its constructor takes those,
 else as registered. Every family is checked for:
 
-* ``torch.compile(model, fullgraph=True)`` (inductor): forward and backward equal eager;
+* ``torch.compile(model, fullgraph=True)`` (inductor): forward and backward equal eager; on CUDA (traced on fake
+  tensors, no GPU needed) the graph launches one Triton kernel per kernel-op call and holds no opaque zoo operator,
+  and torch.export with dynamic height and width keeps the Triton operators;
 * ``torch.export.export`` with dynamic height and width: the exported program equals eager at two other sizes;
 * FX: timm's feature extraction (``features_only=True, feature_cls='fx'``) equals the eager module outputs, and
   timm's own ``test_model_forward_fx`` / ``test_model_backward_fx`` checks (symbolic tracing through timm's
@@ -21,9 +23,11 @@ import timm
 import torch
 from timm.layers import get_notrace_functions, get_notrace_modules
 from timm.models import get_pretrained_cfg
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
 import zoo  # noqa: F401  (registers the models)
+from tests.compiled_graphs import DispatchLog, compiled_graphs, launches, trace_fake_cuda
 
 
 def _num_params(name: str) -> int:
@@ -157,6 +161,36 @@ def test_compile_fullgraph_forward_backward(family, monkeypatch):
     out_c, grads_c = _forward_backward(compiled, x)
     assert_close(out_c, out, msg=f'{family} compiled output')
     assert_close(grads_c, grads, rel=1e-3, msg=f'{family} compiled gradients')
+
+
+def _kernel_calls(family: str) -> int:
+    """The zoo kernel ops an eager CPU forward of the small model calls (region_topk, a few PyTorch ops with no
+    kernel of its own, not counted)."""
+    model = create(family).eval()
+    with torch.no_grad(), DispatchLog() as log:
+        model(input_for(family))
+    return sum(name.startswith('zoo.') and 'region_topk' not in name for name, _ in log.calls)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_compile_on_cuda_launches_the_triton_kernels(family, caplog):
+    trace_fake_cuda(caplog)
+    name = FAMILIES[family]
+    with torch.device('meta'):
+        model = timm.create_model(name, **dict(SMALL.get(family) or _default_small(name), num_classes=NUM_CLASSES))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device='cuda').eval()
+        with torch.no_grad():
+            graphs = compiled_graphs(model, torch.empty(input_for(family).shape, device='cuda'))
+        x = torch.empty(input_for(family, batch=1).shape, device='cuda')
+        exported = torch.export.export(model, (x,), dynamic_shapes=_dynamic_hw()).graph_module
+    calls = _kernel_calls(family)
+    found = [launch for gm in graphs for launch in launches(gm)]
+    assert not [f for f in found if f.startswith('zoo.')], f'{family}: opaque operator calls in the compiled graph'
+    assert len(found) == calls, f'{family}: {found}'
+    # torch.export keeps operators (AOTInductor decomposes them later): the Triton forms, with dynamic height/width
+    ops = [f for f in launches(exported) if 'region_topk' not in f]
+    assert len(ops) == calls and all(f.endswith('_triton.default') for f in ops), f'{family}: {ops}'
 
 
 def _dynamic_hw():
