@@ -29,34 +29,37 @@ __all__ = ['forward', 'backward', 'selective_scan_torch']
 _GRAD_BLOCKS = 16  # channel blocks of the backward, each with its own dB/dC partial sums
 
 
-def _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias=None, delta_softplus=False):
+def _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias=None, delta_softplus=False, D=None):
     """What the C++ loop reads: the compute dtype, B and C with a step's n values side by side, the dims. The loop
-    adds ``delta_bias`` to delta and applies the softplus itself where they are given (the forward)."""
+    adds ``delta_bias`` to delta and applies the softplus itself where they are given, and D's term (the forward)."""
     ct = compute_dtype(u)
     b, _, d, L = u.shape
     dims = torch.tensor([b, d, L, A.shape[-1], B.shape[2], C.shape[2], orders.shape[0], u.shape[1], delta.shape[1],
                          A.shape[0], B.shape[1], C.shape[1], int(gather_params), min(d, _GRAD_BLOCKS),
-                         0 if delta_bias is None else delta_bias.shape[0], int(delta_softplus)], dtype=torch.int64)
+                         0 if delta_bias is None else delta_bias.shape[0], int(delta_softplus),
+                         0 if D is None else D.shape[0]], dtype=torch.int64)
     return (u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct).contiguous(),
             B.to(ct).transpose(-1, -2).contiguous(), C.to(ct).transpose(-1, -2).contiguous(),  # (b, KB, g, L, n)
             orders.to(torch.int64).contiguous(), dims)
 
 
-def _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, orders, gather_params):
-    """The recurrence proper on softplus(delta + delta_bias) (as asked): y (b, d, L) = sum over scans of
-    <h_t, C_t>, and the last states (b, K, d, n)."""
+def _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, D, z, orders, gather_params):
+    """The recurrence proper on softplus(delta + delta_bias) (as asked), then D's term and the gate as
+    :func:`_finish`: (y (b, d, L) = sum over scans of <h_t, C_t>, out (b, d, L), the last states (b, K, d, n)),
+    all in the compute dtype."""
     uc, dc, Ac, Bt, Ct, oc, dims = _native_layout(u, delta, A, B, C, orders, gather_params, delta_bias,
-                                                  delta_softplus)
+                                                  delta_softplus, D)
     ct = dc.dtype
-    bias = None if delta_bias is None else delta_bias.to(ct).contiguous()
+    bias, Dc, zc = (None if t is None else t.to(ct).contiguous() for t in (delta_bias, D, z))
     b, _, d, L = u.shape
     y = torch.zeros(b, d, L, dtype=ct)
+    out = torch.empty(b, d, L, dtype=ct)
     last = torch.empty(b, orders.shape[0], d, A.shape[-1], dtype=ct)
     lib = native.library()
     fn = lib.ss_fwd_f64 if ct == torch.float64 else lib.ss_fwd_f32
     if b:  # an empty batch: nothing to scan
-        fn(*map(pointer, (uc, dc, bias, Ac, Bt, Ct, oc, y, last, dims)), native.threads())
-    return y, last
+        fn(*map(pointer, (uc, dc, bias, Ac, Bt, Ct, oc, Dc, zc, y, out, last, dims)), native.threads())
+    return y, out, last
 
 
 def _native_backward(u, delta, A, B, C, orders, gather_params, dy, dlast):
@@ -185,9 +188,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_
         return _torch_backend.forward(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                                       delta_softplus=delta_softplus, orders=orders, gather_params=gather_params)
     orders_p = _orders(u, orders)
-    y, last = _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, orders_p, gather_params)
-    out = _finish(y, u, D, z, orders_p.shape[0])
-    return out, last, (y if z is not None else empty_stats(u)), empty_stats(u)
+    y, out, last = _native_forward(u, delta, delta_bias, delta_softplus, A, B, C, D, z, orders_p, gather_params)
+    return out.to(u.dtype), last, (y if z is not None else empty_stats(u)), empty_stats(u)
 
 
 def backward(grads, outputs, needs, u, delta, A, B, C, D, z, delta_bias, delta_softplus, orders, gather_params):

@@ -21,8 +21,8 @@ NATIVE_ENV = 'ZOO_SELECTIVE_SCAN_NATIVE'
 _p = ctypes.c_void_p
 _SIGNATURES = {}
 for _dt in ('f32', 'f64'):
-    # u, delta, delta_bias, A, B, C, orders, y, last, dims, threads
-    _SIGNATURES[f'ss_fwd_{_dt}'] = [_p] * 10 + [ctypes.c_int]
+    # u, delta, delta_bias, A, B, C, orders, D, z, y, out, last, dims, threads
+    _SIGNATURES[f'ss_fwd_{_dt}'] = [_p] * 13 + [ctypes.c_int]
     # u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB, dC, dims, threads
     _SIGNATURES[f'ss_bwd_{_dt}'] = [_p] * 14 + [ctypes.c_int]
 LOOP = NativeLibrary('selective_scan', SOURCE, _SIGNATURES, NATIVE_ENV)

@@ -45,10 +45,10 @@ inline float softplus(float x) {
 inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 
 struct Dims {
-    int64_t b, d, L, n, gB, gC, K, Ku, Kd, KA, KB, KC, gather, Kbias, softplus;
+    int64_t b, d, L, n, gB, gC, K, Ku, Kd, KA, KB, KC, gather, Kbias, softplus, KD;
     explicit Dims(const int64_t* m)
         : b(m[0]), d(m[1]), L(m[2]), n(m[3]), gB(m[4]), gC(m[5]), K(m[6]), Ku(m[7]), Kd(m[8]), KA(m[9]),
-          KB(m[10]), KC(m[11]), gather(m[12]), Kbias(m[14]), softplus(m[15]) {}
+          KB(m[10]), KC(m[11]), gather(m[12]), Kbias(m[14]), softplus(m[15]), KD(m[16]) {}
     // row offsets: u/delta (b, K?, d, L); A (K?, d, n); B/C (b, K?, g, L, n)
     int64_t ud(int64_t Kx, int64_t bi, int64_t k, int64_t di) const {
         return ((bi * Kx + (Kx > 1 ? k : 0)) * d + di) * L;
@@ -58,6 +58,11 @@ struct Dims {
         return ((bi * Kx + (Kx > 1 ? k : 0)) * g + di / (d / g)) * L * n;
     }
 };
+
+// Directions that share one delta row and one A, with the parameters in raster order (not gathered per direction:
+// PlainMamba's released scans), share every step's decay exp(delta_t * A): the loops compute it once per row into
+// an (L, n) table and every direction reads it, instead of an exp per state, step and direction.
+inline bool shared_decay(const Dims& m) { return m.K > 1 && !m.gather && m.Kd == 1 && m.KA == 1 && m.Kbias <= 1; }
 
 // One row of delta as the scan uses it: + delta_bias (Kbias rows of d, 0: none), softplus where asked.
 template <typename T>
@@ -73,20 +78,64 @@ void prepare_delta(const T* __restrict dr, const T* __restrict bias, const Dims&
     }
 }
 
-template <typename T, int NS>
+inline float silu(float x) { return x / (1.0f + vexp(-x)); }
+inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+// The epilogue of one row: out = (y + sum over the scans of D_k * u_k) * silu(z) (D: KD rows of d, 0: none;
+// z: none where null), as the scan's PyTorch wrapper computes it.
+template <typename T>
+void finish_row(const T* __restrict yr, const T* __restrict u, const T* __restrict D, const T* __restrict zr,
+                const Dims& m, int64_t bi, int64_t di, T* __restrict outr) {
+    for (int64_t t = 0; t < m.L; ++t) outr[t] = yr[t];
+    if (m.KD) {
+        if (m.Ku == 1) {  // one u for every scan: its D summed over the scans (one D row counts K times)
+            T dsum = 0;
+            if (m.KD > 1)
+                for (int64_t k = 0; k < m.KD; ++k) dsum += D[k * m.d + di];
+            else
+                dsum = T(m.K) * D[di];
+            const T* __restrict ur = u + m.ud(1, bi, 0, di);
+#pragma omp simd
+            for (int64_t t = 0; t < m.L; ++t) outr[t] += dsum * ur[t];
+        } else {
+            for (int64_t k = 0; k < m.Ku; ++k) {
+                const T dk = D[(m.KD > 1 ? k : 0) * m.d + di];
+                const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
+#pragma omp simd
+                for (int64_t t = 0; t < m.L; ++t) outr[t] += dk * ur[t];
+            }
+        }
+    }
+    if (zr) {
+#pragma omp simd
+        for (int64_t t = 0; t < m.L; ++t) outr[t] *= silu(zr[t]);
+    }
+}
+
+template <typename T, int NS, bool SHARED>
 void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restrict bias, const T* __restrict A,
-              const T* __restrict B, const T* __restrict C, const int64_t* __restrict orders, T* __restrict y,
-              T* __restrict last, const Dims& m, int64_t r0, int64_t r1) {
+              const T* __restrict B, const T* __restrict C, const int64_t* __restrict orders, const T* __restrict D,
+              const T* __restrict z, T* __restrict y, T* __restrict out, T* __restrict last, const Dims& m, int64_t r0,
+              int64_t r1) {
     const int64_t n = NS ? NS : m.n;
-    Scratch<T> hs(n), ds(m.L);
+    Scratch<T> hs(n), ds(m.L), decays(SHARED ? m.L * n : 1);
     T* __restrict h = hs.p;
     T* __restrict dr = ds.p;
+    T* __restrict decay = decays.p;
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / m.d, di = r % m.d;
         T* __restrict yr = y + (bi * m.d + di) * m.L;
+        if constexpr (SHARED) {
+            prepare_delta(delta + m.ud(m.Kd, bi, 0, di), bias, m, 0, di, dr);
+            const T* __restrict Ar = A + m.a(0, di);
+            for (int64_t t = 0; t < m.L; ++t) {
+#pragma omp simd
+                for (int64_t j = 0; j < n; ++j) decay[t * n + j] = vexp(dr[t] * Ar[j]);
+            }
+        }
         for (int64_t k = 0; k < m.K; ++k) {
             const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
-            prepare_delta(delta + m.ud(m.Kd, bi, k, di), bias, m, k, di, dr);
+            if constexpr (!SHARED) prepare_delta(delta + m.ud(m.Kd, bi, k, di), bias, m, k, di, dr);
             const T* __restrict Ar = A + m.a(k, di);
             const T* __restrict Br = B + m.bc(m.KB, m.gB, bi, k, di);
             const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
@@ -97,34 +146,44 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
                 // (a few vector ops per step instead of a horizontal sum each)
                 typedef typename Lanes<T>::V V;
                 constexpr int W = Lanes<T>::W;
-                V prods[W];
+                // The state stays in a register: through memory, every step would wait on a store-to-load
+                // forward on top of its multiply-add (the recurrence's only serial dependency).
+                V prods[W], hv = {};
                 for (int64_t t0 = 0; t0 < m.L; t0 += W) {
                     const int64_t steps = m.L - t0 < W ? m.L - t0 : W;
                     for (int64_t i = 0; i < steps; ++i) {
                         const int64_t t = t0 + i, p = ord[t], q = m.gather ? p : t;
                         const T dt = dr[q], du = dt * ur[p];
-                        const T* __restrict Bt = Br + q * n;
+                        V av, bv, cv;
+                        if constexpr (SHARED) {
+                            std::memcpy(&av, decay + q * n, sizeof(V));
+                        } else {
+                            T a[NS];
 #pragma omp simd
-                        for (int64_t j = 0; j < NS; ++j) h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
-                        V hv, cv;
-                        std::memcpy(&hv, h, sizeof(V));
+                            for (int64_t j = 0; j < NS; ++j) a[j] = vexp(dt * Ar[j]);
+                            std::memcpy(&av, a, sizeof(V));
+                        }
+                        std::memcpy(&bv, Br + q * n, sizeof(V));
                         std::memcpy(&cv, Cr + q * n, sizeof(V));
+                        hv = av * hv + du * bv;
                         prods[i] = hv * cv;
                     }
                     for (int64_t i = steps; i < W; ++i) prods[i] = V{};
                     transposed_sums<T>(prods);
                     for (int64_t i = 0; i < steps; ++i) yr[ord[t0 + i]] += prods[0][i];
                 }
+                std::memcpy(h, &hv, sizeof(V));
             } else {
                 for (int64_t t = 0; t < m.L; ++t) {
                     const int64_t p = ord[t], q = m.gather ? p : t;
                     const T dt = dr[q], du = dt * ur[p];
                     const T* __restrict Bt = Br + q * n;
                     const T* __restrict Ct = Cr + q * n;
+                    const T* __restrict at = decay + q * n;
                     T acc = 0;
 #pragma omp simd reduction(+ : acc)
                     for (int64_t j = 0; j < n; ++j) {
-                        h[j] = vexp(dt * Ar[j]) * h[j] + du * Bt[j];
+                        h[j] = (SHARED ? at[j] : vexp(dt * Ar[j])) * h[j] + du * Bt[j];
                         acc += Ct[j] * h[j];
                     }
                     yr[p] += acc;
@@ -132,10 +191,12 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
             }
             std::memcpy(last + ((bi * m.K + k) * m.d + di) * n, h, n * sizeof(T));
         }
+        const int64_t row = (bi * m.d + di) * m.L;
+        finish_row(yr, u, D, z ? z + row : nullptr, m, bi, di, out + row);
     }
 }
 
-template <typename T, int NS>
+template <typename T, int NS, bool SHARED>
 void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __restrict A, const T* __restrict B,
                   const T* __restrict C, const int64_t* __restrict orders, const T* __restrict dy,
                   const T* __restrict dlast, T* __restrict du, T* __restrict ddelta, T* __restrict dA,
@@ -169,10 +230,15 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                     const T* __restrict hp = t > 0 ? H + (t - 1) * n : g;
                     T* __restrict ht = H + t * n;
                     T* __restrict at = Adec + t * n;
+                    if (SHARED && k > 0) {  // the decays of direction 0, already in Adec
 #pragma omp simd
-                    for (int64_t j = 0; j < n; ++j) {
-                        at[j] = vexp(dt * Ar[j]);
-                        ht[j] = at[j] * hp[j] + dtu * Bt[j];
+                        for (int64_t j = 0; j < n; ++j) ht[j] = at[j] * hp[j] + dtu * Bt[j];
+                    } else {
+#pragma omp simd
+                        for (int64_t j = 0; j < n; ++j) {
+                            at[j] = vexp(dt * Ar[j]);
+                            ht[j] = at[j] * hp[j] + dtu * Bt[j];
+                        }
                     }
                 }
                 if (dlast) {
@@ -241,15 +307,17 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
 }
 
 template <typename T>
-void fwd(const T* u, const T* delta, const T* bias, const T* A, const T* B, const T* C, const int64_t* orders, T* y,
-         T* last, const int64_t* dims, int nthreads) {
+void fwd(const T* u, const T* delta, const T* bias, const T* A, const T* B, const T* C, const int64_t* orders,
+         const T* D, const T* z, T* y, T* out, T* last, const int64_t* dims, int nthreads) {
     const Dims m(dims);
     const int64_t rows = m.b * m.d, per = (rows + 63) / 64;  // 64 items of consecutive (batch, channel) rows
     if (rows == 0) return;
     run_parallel((rows + per - 1) / per, nthreads, [&](int64_t i) {
         const int64_t r0 = i * per, r1 = r0 + per < rows ? r0 + per : rows;
-        if (m.n == 16) fwd_rows<T, 16>(u, delta, bias, A, B, C, orders, y, last, m, r0, r1);
-        else fwd_rows<T, 0>(u, delta, bias, A, B, C, orders, y, last, m, r0, r1);
+        const bool shared = shared_decay(m);
+        auto rows = m.n == 16 ? (shared ? fwd_rows<T, 16, true> : fwd_rows<T, 16, false>)
+                              : (shared ? fwd_rows<T, 0, true> : fwd_rows<T, 0, false>);
+        rows(u, delta, bias, A, B, C, orders, D, z, y, out, last, m, r0, r1);
     });
 }
 
@@ -263,26 +331,33 @@ void bwd(const T* u, const T* delta, const T* A, const T* B, const T* C, const i
     const int64_t szB = m.b * m.KB * m.gB * m.L * m.n, szC = m.b * m.KC * m.gC * m.L * m.n;
     run_parallel(blocks, nthreads, [&](int64_t i) {
         const int64_t d0 = m.d * i / blocks, d1 = m.d * (i + 1) / blocks;
-        if (m.n == 16)
-            bwd_channels<T, 16>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB + i * szB, dC + i * szC,
-                                m, d0, d1);
+        T* dBi = dB + i * szB;
+        T* dCi = dC + i * szC;
+        const bool shared = shared_decay(m);
+        if (m.n == 16 && shared)
+            bwd_channels<T, 16, true>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dBi, dCi, m, d0, d1);
+        else if (m.n == 16)
+            bwd_channels<T, 16, false>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dBi, dCi, m, d0, d1);
+        else if (shared)
+            bwd_channels<T, 0, true>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dBi, dCi, m, d0, d1);
         else
-            bwd_channels<T, 0>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dB + i * szB, dC + i * szC,
-                               m, d0, d1);
+            bwd_channels<T, 0, false>(u, delta, A, B, C, orders, dy, dlast, du, ddelta, dA, dBi, dCi, m, d0, d1);
     });
 }
 
 }  // namespace
 
 extern "C" {
+// y: the scans' sum (b, d, L); out: y + D-term, gated by silu(z) (D, z may be null).
 void ss_fwd_f32(const float* u, const float* delta, const float* bias, const float* A, const float* B,
-                const float* C, const int64_t* orders, float* y, float* last, const int64_t* dims, int nthreads) {
-    fwd<float>(u, delta, bias, A, B, C, orders, y, last, dims, nthreads);
+                const float* C, const int64_t* orders, const float* D, const float* z, float* y, float* out,
+                float* last, const int64_t* dims, int nthreads) {
+    fwd<float>(u, delta, bias, A, B, C, orders, D, z, y, out, last, dims, nthreads);
 }
 void ss_fwd_f64(const double* u, const double* delta, const double* bias, const double* A, const double* B,
-                const double* C, const int64_t* orders, double* y, double* last, const int64_t* dims,
-                int nthreads) {
-    fwd<double>(u, delta, bias, A, B, C, orders, y, last, dims, nthreads);
+                const double* C, const int64_t* orders, const double* D, const double* z, double* y, double* out,
+                double* last, const int64_t* dims, int nthreads) {
+    fwd<double>(u, delta, bias, A, B, C, orders, D, z, y, out, last, dims, nthreads);
 }
 void ss_bwd_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
                 const int64_t* orders, const float* dy, const float* dlast, float* du, float* ddelta, float* dA,

@@ -224,7 +224,6 @@ class BiMambaMixer(nn.Module):
         A = -torch.exp(torch.stack((self.A_log, self.A_b_log)).float())
         D = torch.stack((self.D, self.D_b)).float()
         delta_bias = torch.stack((self.dt_proj.bias, self.dt_proj_b.bias)).float()
-        w_out = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight  # exact: a power of two
         orders = _bidirectional_orders(L, x.device)
         out = None
         for c in slices:
@@ -234,8 +233,10 @@ class BiMambaMixer(nn.Module):
             y = selective_scan(
                 u, torch.matmul(w_dt[:, c], dt), A[:, c], B, C, D=D[:, c], z=z, delta_bias=delta_bias[:, c],
                 delta_softplus=True, orders=orders)                # both gated directions summed: (B, |c|, L)
-            y = F.linear(y.transpose(1, 2), w_out[:, c])
+            y = F.linear(y.transpose(1, 2), self.out_proj.weight[:, c])
             out = y if out is None else out.add_(y)
+        if self.divide_out:  # halving the projection's output equals halving its input exactly (a power of two)
+            out = out * 0.5
         return out if self.out_proj.bias is None else out + self.out_proj.bias
 
 
