@@ -207,7 +207,8 @@ class BiMambaMixer(nn.Module):
         L, d = x.shape[1], self.d_inner
         w_x, w_z = self.in_proj.weight.chunk(2)
         b_x, b_z = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
-        hx = F.linear(x, w_x, b_x).transpose(1, 2)  # (B, d_inner, L), a view
+        xt = x.transpose(1, 2)  # (B, dim, L): the projections below come out channel-major, as conv and scan read them
+        hx = torch.matmul(w_x, xt) if b_x is None else torch.matmul(w_x, xt) + b_x[:, None]
         # one slice under FX tracing and torch.export (a slice count would pin the traced length)
         single = isinstance(x, torch.fx.Proxy) or torch.compiler.is_exporting()
         n = 1 if single else max(1, min(d, math.ceil(L * d / self.chunk_elements)))
@@ -229,7 +230,7 @@ class BiMambaMixer(nn.Module):
         for c in slices:
             if len(slices) > 1:
                 u = self._conv_silu(hx, c)
-            z = F.linear(x, w_z[c], None if b_z is None else b_z[c]).transpose(1, 2)
+            z = torch.matmul(w_z[c], xt) if b_z is None else torch.matmul(w_z[c], xt) + b_z[c, None]
             y = selective_scan(
                 u, torch.matmul(w_dt[:, c], dt), A[:, c], B, C, D=D[:, c], z=z, delta_bias=delta_bias[:, c],
                 delta_softplus=True, orders=orders)                # both gated directions summed: (B, |c|, L)
