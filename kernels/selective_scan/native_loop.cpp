@@ -118,7 +118,8 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
               const T* __restrict z, T* __restrict y, T* __restrict out, T* __restrict last, const Dims& m, int64_t r0,
               int64_t r1) {
     const int64_t n = NS ? NS : m.n;
-    Scratch<T> hs(n), ds(m.L), decays(SHARED ? m.L * n : 1);
+    // decay tables: shared by the directions (SHARED), else one direction's at a time where n fills a vector
+    Scratch<T> hs(n), ds(m.L), decays(SHARED || NS == Lanes<T>::W ? m.L * n : 1);
     T* __restrict h = hs.p;
     T* __restrict dr = ds.p;
     T* __restrict decay = decays.p;
@@ -137,6 +138,13 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
             const T* __restrict ur = u + m.ud(m.Ku, bi, k, di);
             if constexpr (!SHARED) prepare_delta(delta + m.ud(m.Kd, bi, k, di), bias, m, k, di, dr);
             const T* __restrict Ar = A + m.a(k, di);
+            if constexpr (!SHARED && NS == Lanes<T>::W) {
+                // this direction's decays first, in one streaming pass (every parameter position q is some step's)
+                for (int64_t q = 0; q < m.L; ++q) {
+#pragma omp simd
+                    for (int64_t j = 0; j < NS; ++j) decay[q * NS + j] = vexp(dr[q] * Ar[j]);
+                }
+            }
             const T* __restrict Br = B + m.bc(m.KB, m.gB, bi, k, di);
             const T* __restrict Cr = C + m.bc(m.KC, m.gC, bi, k, di);
             const int64_t* __restrict ord = orders + k * m.L;
@@ -155,14 +163,7 @@ void fwd_rows(const T* __restrict u, const T* __restrict delta, const T* __restr
                         const int64_t t = t0 + i, p = ord[t], q = m.gather ? p : t;
                         const T dt = dr[q], du = dt * ur[p];
                         V av, bv, cv;
-                        if constexpr (SHARED) {
-                            std::memcpy(&av, decay + q * n, sizeof(V));
-                        } else {
-                            T a[NS];
-#pragma omp simd
-                            for (int64_t j = 0; j < NS; ++j) a[j] = vexp(dt * Ar[j]);
-                            std::memcpy(&av, a, sizeof(V));
-                        }
+                        std::memcpy(&av, decay + q * n, sizeof(V));
                         std::memcpy(&bv, Br + q * n, sizeof(V));
                         std::memcpy(&cv, Cr + q * n, sizeof(V));
                         hv = av * hv + du * bv;
