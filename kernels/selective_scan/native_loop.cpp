@@ -224,7 +224,28 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                 const int64_t* __restrict ord = orders + k * L;
                 for (int64_t j = 0; j < n; ++j) g[j] = 0;
                 // recompute the states of this row
-                for (int64_t t = 0; t < L; ++t) {
+                if constexpr (NS == Lanes<T>::W) {
+                    // as the forward: the decays first (direction 0's serve every direction when SHARED), then the
+                    // recurrence with the state in a register
+                    typedef typename Lanes<T>::V V;
+                    if (!SHARED || k == 0) {
+                        for (int64_t t = 0; t < L; ++t) {
+                            const T dt = dr[m.gather ? ord[t] : t];
+#pragma omp simd
+                            for (int64_t j = 0; j < NS; ++j) Adec[t * NS + j] = vexp(dt * Ar[j]);
+                        }
+                    }
+                    V hv = {};
+                    for (int64_t t = 0; t < L; ++t) {
+                        const int64_t p = ord[t], q = m.gather ? p : t;
+                        const T dtu = dr[q] * ur[p];
+                        V av, bv;
+                        std::memcpy(&av, Adec + t * NS, sizeof(V));
+                        std::memcpy(&bv, Br + q * NS, sizeof(V));
+                        hv = av * hv + dtu * bv;
+                        std::memcpy(H + t * NS, &hv, sizeof(V));
+                    }
+                } else for (int64_t t = 0; t < L; ++t) {
                     const int64_t p = ord[t], q = m.gather ? p : t;
                     const T dt = dr[q], dtu = dt * ur[p];
                     const T* __restrict Bt = Br + q * n;
@@ -278,16 +299,40 @@ void bwd_channels(const T* __restrict u, const T* __restrict delta, const T* __r
                     // the two sums over n of W steps at a time, by transposing sums (as in the forward)
                     typedef typename Lanes<T>::V V;
                     constexpr int W = Lanes<T>::W;
-                    V gbs[W], ghs[W];
+                    // dL/dh and dA's sum stay in registers through the walk (as the forward's state)
+                    V gbs[W], ghs[W], gv, Av, dAv = {};
+                    std::memcpy(&gv, g, sizeof(V));
+                    std::memcpy(&Av, Ar, sizeof(V));
                     for (int64_t t1 = L - 1; t1 >= 0; t1 -= W) {
                         const int64_t steps = t1 + 1 < W ? t1 + 1 : W;
-                        for (int64_t i = 0; i < steps; ++i)
-                            step(t1 - i, reinterpret_cast<T*>(&gbs[i]), reinterpret_cast<T*>(&ghs[i]));
+                        for (int64_t i = 0; i < steps; ++i) {
+                            const int64_t t = t1 - i, p = ord[t], q = m.gather ? p : t;
+                            const T dt = dr[q], dyt = dyr[p], dtu = dt * ur[p];
+                            V bv, cv, hv, hpv = {}, av, dBv, dCv;
+                            std::memcpy(&bv, Br + q * NS, sizeof(V));
+                            std::memcpy(&cv, Cr + q * NS, sizeof(V));
+                            std::memcpy(&hv, H + t * NS, sizeof(V));
+                            if (t > 0) std::memcpy(&hpv, H + (t - 1) * NS, sizeof(V));
+                            std::memcpy(&av, Adec + t * NS, sizeof(V));
+                            const V gj = gv + cv * dyt;
+                            std::memcpy(&dCv, dCr + q * NS, sizeof(V));
+                            dCv += dyt * hv;
+                            std::memcpy(dCr + q * NS, &dCv, sizeof(V));
+                            gbs[i] = gj * bv;
+                            const V gha = gj * hpv * av;
+                            ghs[i] = gha * Av;
+                            dAv += gha * dt;
+                            std::memcpy(&dBv, dBr + q * NS, sizeof(V));
+                            dBv += gj * dtu;
+                            std::memcpy(dBr + q * NS, &dBv, sizeof(V));
+                            gv = gj * av;
+                        }
                         for (int64_t i = steps; i < W; ++i) gbs[i] = ghs[i] = V{};
                         transposed_sums<T>(gbs);
                         transposed_sums<T>(ghs);
                         for (int64_t i = 0; i < steps; ++i) finish(t1 - i, gbs[0][i], ghs[0][i]);
                     }
+                    for (int64_t j = 0; j < NS; ++j) dAr[j] += dAv[j];
                 } else {
                     T* __restrict gb = gbs_scratch.p;
                     T* __restrict gh = ghs_scratch.p;
