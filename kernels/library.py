@@ -446,10 +446,14 @@ class Operator:
         backend_outputs = self._backend_outputs(name, kwargs, outputs)
         with _outside_dispatch_handlers(), _no_autocast([*grads, *inputs, *outputs]):
             result = backend.backward(list(grads), backend_outputs, dict(zip(self.differentiable, needs)), **kwargs)
-        device = outputs[0].device
-        result = [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
-                  for n, g, p in zip(self.differentiable, result, present)]
-        return _unaliased(result, [*grads, *inputs, *outputs])
+        return _unaliased(self._gradient_outputs(result, kwargs, present, outputs[0].device),
+                          [*grads, *inputs, *outputs])
+
+    def _gradient_outputs(self, result, kwargs, present, device) -> List[torch.Tensor]:
+        """A backend's gradients as the backward operators return them: one tensor per differentiable argument
+        (zeros for a wanted None, an empty tensor where none is wanted)."""
+        return [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
+                for n, g, p in zip(self.differentiable, result, present)]
 
     def _triton_backward(self, grads, inputs, outputs, needs, *scalars):
         """The Triton backend's backward, traceable (``zoo::<name>_triton_backward``); as :meth:`_backward_impl`."""
@@ -459,9 +463,7 @@ class Operator:
         backend_outputs = self._backend_outputs('triton', kwargs, outputs)
         result = self.backends['triton'].backward(list(grads), backend_outputs, dict(zip(self.differentiable, needs)),
                                                   **kwargs)
-        device = outputs[0].device
-        return [(torch.zeros_like(kwargs[n]) if g is None else g.contiguous()) if p else torch.empty(0, device=device)
-                for n, g, p in zip(self.differentiable, result, present)]
+        return self._gradient_outputs(result, kwargs, present, outputs[0].device)
 
     def _backward_fake(self, grads, inputs, outputs, needs, *scalars):
         kwargs = self._backward_kwargs(inputs, scalars)

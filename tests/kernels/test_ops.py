@@ -200,13 +200,18 @@ def test_empty_batch_gives_empty_results(op, backend):
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize('op', list(CASES))
-def test_empty_batch_gives_empty_results_on_triton(op):
+def triton_device() -> str:
+    """Where the Triton tests run their kernels: 'cpu' under TRITON_INTERPRET=1, else 'cuda' (failing without one)."""
     if not _INTERPRETED and not torch.cuda.is_available():
         pytest.fail('Triton tests need TRITON_INTERPRET=1 (set before triton is imported) or a CUDA device',
                     pytrace=False)
-    _check_empty_batch(CASES[op], 'triton', 'cpu' if _INTERPRETED else 'cuda')
+    return 'cpu' if _INTERPRETED else 'cuda'
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize('op', list(CASES))
+def test_empty_batch_gives_empty_results_on_triton(op):
+    _check_empty_batch(CASES[op], 'triton', triton_device())
 
 
 # --- operators: torch.compile, torch.export, FX and ONNX see one call ---------------------------------------------
@@ -373,11 +378,8 @@ def test_opcheck(op, backend):
 @pytest.mark.triton
 @pytest.mark.parametrize('op', list(CASES))
 def test_opcheck_triton(op):
-    if not _INTERPRETED and not torch.cuda.is_available():
-        pytest.fail('Triton tests need TRITON_INTERPRET=1 (set before triton is imported) or a CUDA device',
-                    pytrace=False)
     case = CASES[op]
-    device = 'cpu' if _INTERPRETED else 'cuda'
+    device = triton_device()
     inputs = {k: t.to(device).requires_grad_() for k, t in _inputs(case).items()}
     args = _operator_arguments(case, inputs, 'triton')
     torch.library.opcheck(OPERATORS[op].forward_op, args)

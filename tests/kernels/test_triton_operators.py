@@ -16,7 +16,7 @@ from kernels import use_backend
 from kernels.library import OPERATORS
 from tests.compiled_graphs import DispatchLog, compiled_graphs, launches, trace_fake_cuda
 
-from .test_ops import CASES, _assert_all_close, _inputs, _loss_and_grads
+from .test_ops import CASES, _assert_all_close, _inputs, _loss_and_grads, triton_device
 
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
@@ -74,13 +74,8 @@ def test_compile_sees_the_backward_kernels_on_cuda(op, caplog):
 @pytest.mark.triton
 @pytest.mark.parametrize('op', list(CASES))
 def test_triton_calls_run_the_triton_operators(op):
-    if not _INTERPRETED and not torch.cuda.is_available():
-        pytest.fail('Triton tests need TRITON_INTERPRET=1 (set before triton is imported) or a CUDA device',
-                    pytrace=False)
     case = CASES[op]
-    inputs = _inputs(case)
-    if not _INTERPRETED:
-        inputs = {k: v.cuda() for k, v in inputs.items()}
+    inputs = {k: v.to(triton_device()) for k, v in _inputs(case).items()}
     with use_backend('triton'), DispatchLog() as log:
         got = _loss_and_grads(case.call, inputs)
     called = {name for name, _ in log.calls if name.startswith('zoo.')}
